@@ -1,0 +1,657 @@
+//! The idempotency service: claim a key, wait for another owner, complete, replay.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::config::{CallOptions, ErrorPolicy, FailurePolicy, Resolved, Settings, FIRST_RECHECK};
+use crate::error::{ConfigError, Error, StoreError};
+use crate::fingerprint::Fingerprint;
+use crate::flight::{FlightEnd, FlightGuard, FlightState, Flights, Role};
+use crate::key::{for_message, Key};
+use crate::lease::{Grant, Lease};
+use crate::record::{Record, RecordState, Response, Token};
+use crate::store::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, MemoryStore, Store};
+
+/// The longest pause between two claim attempts while another process's owner works.
+/// Stores that notify on completion wake waiters sooner.
+const MAX_RECHECK: Duration = Duration::from_millis(250);
+
+/// What [`check_and_lock`](Idempotency::check_and_lock) found.
+#[derive(Debug)]
+#[must_use = "an acquired lease must be completed or failed"]
+pub enum CheckOutcome {
+    /// The caller owns the key: run the operation, then complete or fail the lease.
+    Acquired(Lease),
+    /// The operation completed before: replay the record's response.
+    Completed(Record),
+    /// The operation failed before under the *record* policy: replay the record's error.
+    Failed(Record),
+    /// The operation completed before but its result cannot be replayed; do not run it.
+    NotReplayable(Record),
+    /// The key was first used with other arguments.
+    Mismatch {
+        /// The stored fingerprint.
+        stored: Fingerprint,
+    },
+    /// Another owner runs the operation, and the call asked not to wait.
+    InProgress {
+        /// How long that owner's lease still runs.
+        retry_after: Duration,
+    },
+    /// The store failed and the service is set to fail open: the operation may run
+    /// unprotected. Only ever produced under [`ErrorPolicy::FailOpen`].
+    Bypassed {
+        /// The store error that was bypassed.
+        error: Error,
+    },
+}
+
+/// The operations of an idempotency service, as a trait so that tests can put a mock in
+/// place of [`IdempotencyService`], and so that `#[idempotent(service = ...)]` accepts any
+/// implementation.
+#[async_trait]
+pub trait Idempotency: Send + Sync {
+    /// Claims `key` for a call with `fingerprint`; see [`CheckOutcome`].
+    async fn check_and_lock(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        options: &CallOptions,
+    ) -> Result<CheckOutcome, Error>;
+
+    /// Stores `response` as the result of the lease's operation.
+    async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error>;
+
+    /// Finishes the lease's operation as failed, by its failure policy: *release* frees the
+    /// key (and `error` is dropped), *record* stores `error` for replay.
+    async fn fail(&self, lease: &Lease, error: Response) -> Result<(), Error>;
+
+    /// Frees the key at once, whatever the failure policy: the next call runs.
+    async fn release(&self, lease: &Lease) -> Result<(), Error>;
+
+    /// Extends the lease by its lock timeout from now.
+    async fn renew(&self, lease: &Lease) -> Result<(), Error>;
+
+    /// Reads the record under `key`.
+    async fn get(&self, key: &Key) -> Result<Option<Record>, Error>;
+
+    /// Removes the record under `key`. A record still processing is kept (and
+    /// [`DeleteReply::Processing`] returned) unless `force` is set.
+    async fn delete(&self, key: &Key, force: bool) -> Result<DeleteReply, Error>;
+}
+
+/// The idempotency service. Cheap to clone: clones share the store and the in-process
+/// coalescing of calls.
+#[derive(Clone)]
+pub struct IdempotencyService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    flights: Arc<Flights>,
+}
+
+impl std::fmt::Debug for IdempotencyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyService")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`IdempotencyService`], checking its settings.
+#[derive(Debug, Clone)]
+pub struct ServiceBuilder<S> {
+    store: S,
+    settings: Settings,
+}
+
+impl<S: Store> ServiceBuilder<S> {
+    /// Sets all settings at once.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Prefix of every store key.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.key_prefix = prefix.into();
+        self
+    }
+
+    /// How long completed records are kept.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = ttl;
+        self
+    }
+
+    /// How long failed records are kept under the *record* policy.
+    pub fn failure_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.failure_ttl = ttl;
+        self
+    }
+
+    /// The lease.
+    pub fn lock_timeout(mut self, lease: Duration) -> Self {
+        self.settings.lock_timeout = lease;
+        self
+    }
+
+    /// The wait budget.
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.settings.wait_timeout = wait;
+        self
+    }
+
+    /// Whether fingerprints are compared.
+    pub fn validate_fingerprint(mut self, validate: bool) -> Self {
+        self.settings.validate_fingerprint = validate;
+        self
+    }
+
+    /// What a store failure does.
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.settings.error_policy = policy;
+        self
+    }
+
+    /// What an operation's failure does to its key.
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.settings.failure_policy = policy;
+        self
+    }
+
+    /// Longest key in bytes.
+    pub fn max_key_len(mut self, len: usize) -> Self {
+        self.settings.max_key_len = len;
+        self
+    }
+
+    /// Largest response stored for replay.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_response_bytes = bytes;
+        self
+    }
+
+    /// How many times a completion is tried when the store fails.
+    pub fn complete_attempts(mut self, attempts: u32) -> Self {
+        self.settings.complete_attempts = attempts;
+        self
+    }
+
+    /// Checks the settings and builds the service.
+    pub fn build(self) -> Result<IdempotencyService, ConfigError> {
+        self.settings.validate()?;
+        Ok(IdempotencyService {
+            inner: Arc::new(Inner {
+                store: Arc::new(self.store),
+                settings: self.settings,
+                flights: Arc::default(),
+            }),
+        })
+    }
+}
+
+impl IdempotencyService {
+    /// A builder over `store`, with the default settings.
+    pub fn builder<S: Store>(store: S) -> ServiceBuilder<S> {
+        ServiceBuilder {
+            store,
+            settings: Settings::default(),
+        }
+    }
+
+    /// A service over a new [`MemoryStore`] with the default settings. It dedupes within
+    /// this process only.
+    pub fn in_memory() -> Self {
+        IdempotencyService::builder(MemoryStore::new())
+            .build()
+            .expect("default settings are valid")
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    /// Runs `operation` while renewing `lease`; see [`keep_alive`].
+    pub async fn keep_alive<F: Future>(&self, lease: &Lease, operation: F) -> F::Output {
+        keep_alive(self, lease, operation).await
+    }
+
+    async fn claim_once(
+        &self,
+        key: &Key,
+        store_key: &str,
+        fingerprint: &Fingerprint,
+        token: &Token,
+        options: &Resolved,
+    ) -> Result<ClaimReply, Error> {
+        let claim = Claim {
+            key: store_key,
+            fingerprint,
+            validate_fingerprint: options.validate_fingerprint,
+            token,
+            lease: options.lock_timeout,
+        };
+        self.inner
+            .store
+            .claim(claim)
+            .await
+            .map_err(|source| store_error(key, source))
+    }
+
+    /// The leader's side: claim, and while another process's owner works, wait and claim
+    /// again until the key is ours, finished, or the wait budget is spent.
+    async fn lead(
+        &self,
+        key: &Key,
+        store_key: &str,
+        fingerprint: &Fingerprint,
+        options: Resolved,
+        flight: Option<FlightGuard>,
+        deadline: Instant,
+    ) -> Result<CheckOutcome, Error> {
+        let token = Token::generate();
+        let mut pause = FIRST_RECHECK;
+        loop {
+            let reply = match self
+                .claim_once(key, store_key, fingerprint, &token, &options)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(error) => return self.on_store_error(error),
+            };
+            match reply {
+                ClaimReply::Acquired {
+                    fence,
+                    lease_until,
+                    takeover,
+                } => {
+                    if takeover {
+                        tracing::info!(key = %key, fence, "took over a lapsed lease");
+                    } else {
+                        tracing::debug!(key = %key, fence, "lock acquired");
+                    }
+                    if let Some(flight) = &flight {
+                        flight.running();
+                    }
+                    let grant = Grant {
+                        key: key.clone(),
+                        store_key: store_key.to_owned(),
+                        token,
+                        fingerprint: *fingerprint,
+                        fence,
+                        takeover,
+                        lease_until,
+                    };
+                    return Ok(CheckOutcome::Acquired(Lease::new(grant, options, flight)));
+                }
+                ClaimReply::Mismatch { stored } => {
+                    tracing::debug!(key = %key, "fingerprint mismatch");
+                    if let Some(flight) = flight {
+                        flight.end(FlightEnd::Mismatch(stored));
+                    }
+                    return Ok(CheckOutcome::Mismatch { stored });
+                }
+                ClaimReply::Finished(record) => {
+                    tracing::debug!(key = %key, status = record.status().as_str(), "replay");
+                    let record = Arc::new(record);
+                    if let Some(flight) = flight {
+                        flight.end(FlightEnd::Finished(Arc::clone(&record)));
+                    }
+                    return replay(key, Arc::unwrap_or_clone(record));
+                }
+                ClaimReply::Busy { remaining } => {
+                    if !options.wait {
+                        return Ok(CheckOutcome::InProgress {
+                            retry_after: remaining,
+                        });
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::WaitTimeout {
+                            key: for_message(key),
+                            waited: options.wait_timeout,
+                        });
+                    }
+                    // Wake at the end of the owner's lease at the latest, to take it over.
+                    let nap = pause
+                        .min(remaining.max(Duration::from_millis(1)))
+                        .min(deadline - now);
+                    if let Err(source) = self.inner.store.wait_for_change(store_key, nap).await {
+                        return self.on_store_error(store_error(key, source));
+                    }
+                    pause = (pause * 2).min(MAX_RECHECK);
+                }
+            }
+        }
+    }
+
+    fn on_store_error(&self, error: Error) -> Result<CheckOutcome, Error> {
+        tracing::warn!(key = %error.key(), %error, "store error");
+        match self.inner.settings.error_policy {
+            ErrorPolicy::FailClosed => Err(error),
+            ErrorPolicy::FailOpen => {
+                tracing::warn!(key = %error.key(), "store failed; running unprotected (fail-open)");
+                Ok(CheckOutcome::Bypassed { error })
+            }
+        }
+    }
+
+    /// A joiner's side: wait for the leader's flight to end.
+    async fn join(
+        &self,
+        key: &Key,
+        mut flight: tokio::sync::watch::Receiver<FlightState>,
+        options: &Resolved,
+        deadline: Instant,
+    ) -> Result<Option<CheckOutcome>, Error> {
+        loop {
+            let state = flight.borrow_and_update().clone();
+            match state {
+                FlightState::Ended(FlightEnd::Finished(record)) => {
+                    return replay(key, Arc::unwrap_or_clone(record)).map(Some)
+                }
+                FlightState::Ended(FlightEnd::Mismatch(stored)) => {
+                    return Ok(Some(CheckOutcome::Mismatch { stored }))
+                }
+                FlightState::Ended(FlightEnd::Vacated) => return Ok(None),
+                FlightState::Running if !options.wait => {
+                    return Ok(Some(CheckOutcome::InProgress {
+                        retry_after: options.lock_timeout,
+                    }))
+                }
+                FlightState::Running | FlightState::Claiming => {}
+            }
+            match tokio::time::timeout_at(deadline, flight.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender is gone without a final state: start over.
+                Ok(Err(_)) => return Ok(None),
+                Err(_) => {
+                    return Err(Error::WaitTimeout {
+                        key: for_message(key),
+                        waited: options.wait_timeout,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, lease: &Lease, finish: Finish, ttl: Duration) -> Result<(), Error> {
+        let store = &self.inner.store;
+        let attempts = self.inner.settings.complete_attempts;
+        let mut pause = Duration::from_millis(10);
+        let mut attempt = 1;
+        let reply = loop {
+            match store
+                .complete(lease.store_key(), lease.token(), &finish, ttl)
+                .await
+            {
+                Ok(reply) => break reply,
+                Err(source) if attempt >= attempts => {
+                    tracing::error!(
+                        key = %lease.key(), %source, attempts,
+                        "could not store the outcome; the claim will lapse at the end of its lease"
+                    );
+                    lease.end_flight(FlightEnd::Vacated);
+                    return Err(store_error(lease.key(), source));
+                }
+                Err(source) => {
+                    tracing::warn!(key = %lease.key(), %source, attempt, "storing the outcome failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                    attempt += 1;
+                }
+            }
+        };
+        match reply {
+            LeaseReply::Applied { at } => {
+                let record = Record {
+                    fingerprint: *lease.fingerprint(),
+                    token: lease.token().clone(),
+                    fence: lease.fence(),
+                    started_at: lease
+                        .lease_until()
+                        .saturating_sub(lease.lock_timeout().as_millis() as u64),
+                    state: match finish {
+                        Finish::Completed(response) => RecordState::Completed {
+                            response,
+                            completed_at: at,
+                        },
+                        Finish::Failed(error) => RecordState::Failed {
+                            error,
+                            completed_at: at,
+                        },
+                        Finish::NotReplayable(reason) => RecordState::NotReplayable {
+                            reason,
+                            completed_at: at,
+                        },
+                    },
+                };
+                lease.end_flight(FlightEnd::Finished(Arc::new(record)));
+                Ok(())
+            }
+            LeaseReply::Lost => Err(self.lost(lease)),
+        }
+    }
+
+    fn lost(&self, lease: &Lease) -> Error {
+        tracing::warn!(key = %lease.key(), fence = lease.fence(), "lease lost; outcome not stored");
+        lease.mark_lost();
+        lease.end_flight(FlightEnd::Vacated);
+        Error::LeaseLost {
+            key: for_message(lease.key()),
+        }
+    }
+}
+
+#[async_trait]
+impl Idempotency for IdempotencyService {
+    async fn check_and_lock(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        options: &CallOptions,
+    ) -> Result<CheckOutcome, Error> {
+        let settings = &self.inner.settings;
+        let options = options.resolve(settings).map_err(|source| Error::Options {
+            key: for_message(key),
+            source,
+        })?;
+        key.validate(settings.max_key_len)
+            .map_err(|rule| Error::InvalidKey {
+                key: for_message(key),
+                rule,
+            })?;
+        let store_key = key.store_key(&settings.key_prefix);
+        let deadline = Instant::now() + options.wait_timeout;
+
+        loop {
+            match self.inner.flights.enter(&store_key, fingerprint) {
+                Some(Role::Leader(flight)) => {
+                    return self
+                        .lead(
+                            key,
+                            &store_key,
+                            fingerprint,
+                            options,
+                            Some(flight),
+                            deadline,
+                        )
+                        .await;
+                }
+                Some(Role::Joiner(flight)) => {
+                    if let Some(outcome) = self.join(key, flight, &options, deadline).await? {
+                        return Ok(outcome);
+                    }
+                }
+                None => {
+                    return self
+                        .lead(key, &store_key, fingerprint, options, None, deadline)
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
+        let limit = self.inner.settings.max_response_bytes;
+        let size = response.encoded_len();
+        if size > limit {
+            let reason = format!("result of {size} bytes exceeds the {limit}-byte cap");
+            self.finish(lease, Finish::NotReplayable(reason), lease.ttl())
+                .await?;
+            return Err(Error::ResultTooLarge {
+                key: for_message(lease.key()),
+                size,
+                limit,
+            });
+        }
+        self.finish(lease, Finish::Completed(response), lease.ttl())
+            .await
+    }
+
+    async fn fail(&self, lease: &Lease, error: Response) -> Result<(), Error> {
+        match lease.failure_policy() {
+            FailurePolicy::Release => self.release(lease).await,
+            FailurePolicy::Record => {
+                let ttl = lease.options.failure_ttl;
+                self.finish(lease, Finish::Failed(error), ttl).await
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        let reply = self
+            .inner
+            .store
+            .release(lease.store_key(), lease.token())
+            .await;
+        match reply {
+            Ok(LeaseReply::Applied { .. }) => {
+                tracing::debug!(key = %lease.key(), "lock released");
+                lease.end_flight(FlightEnd::Vacated);
+                Ok(())
+            }
+            Ok(LeaseReply::Lost) => Err(self.lost(lease)),
+            Err(source) => {
+                lease.end_flight(FlightEnd::Vacated);
+                Err(store_error(lease.key(), source))
+            }
+        }
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<(), Error> {
+        let reply = self
+            .inner
+            .store
+            .renew(lease.store_key(), lease.token(), lease.lock_timeout())
+            .await
+            .map_err(|source| store_error(lease.key(), source))?;
+        match reply {
+            LeaseReply::Applied { at } => {
+                lease.renewed(at);
+                Ok(())
+            }
+            LeaseReply::Lost => Err(self.lost(lease)),
+        }
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let store_key = self.checked_store_key(key)?;
+        self.inner
+            .store
+            .get(&store_key)
+            .await
+            .map_err(|source| store_error(key, source))
+    }
+
+    async fn delete(&self, key: &Key, force: bool) -> Result<DeleteReply, Error> {
+        let store_key = self.checked_store_key(key)?;
+        self.inner
+            .store
+            .delete(&store_key, force)
+            .await
+            .map_err(|source| store_error(key, source))
+    }
+}
+
+impl IdempotencyService {
+    fn checked_store_key(&self, key: &Key) -> Result<String, Error> {
+        let settings = &self.inner.settings;
+        key.validate(settings.max_key_len)
+            .map_err(|rule| Error::InvalidKey {
+                key: for_message(key),
+                rule,
+            })?;
+        Ok(key.store_key(&settings.key_prefix))
+    }
+}
+
+/// Runs `operation` while renewing `lease` every third of its lock timeout, so an
+/// operation longer than the lease is not taken over while this future is alive.
+///
+/// When a renewal finds the lease lost, the operation is left to finish (stopping it
+/// halfway could leave a side effect half done); the lease is marked lost, a warning is
+/// logged and the completion then fails with [`Error::LeaseLost`]. A store error during
+/// renewal is retried at the next tick. Dropping the returned future stops renewal.
+pub async fn keep_alive<S, F>(service: &S, lease: &Lease, operation: F) -> F::Output
+where
+    S: Idempotency + ?Sized,
+    F: Future,
+{
+    let period = (lease.lock_timeout() / 3).max(Duration::from_millis(1));
+    let renewals = async {
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match service.renew(lease).await {
+                Err(Error::LeaseLost { .. }) => break,
+                Err(error) => {
+                    tracing::warn!(key = %lease.key(), %error, "lease renewal failed; retrying")
+                }
+                Ok(()) => {}
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(operation);
+    tokio::pin!(renewals);
+    tokio::select! {
+        biased;
+        output = &mut operation => output,
+        () = &mut renewals => unreachable!("renewals never end"),
+    }
+}
+
+fn replay(key: &Key, record: Record) -> Result<CheckOutcome, Error> {
+    match record.state {
+        RecordState::Completed { .. } => Ok(CheckOutcome::Completed(record)),
+        RecordState::Failed { .. } => Ok(CheckOutcome::Failed(record)),
+        RecordState::NotReplayable { .. } => Ok(CheckOutcome::NotReplayable(record)),
+        RecordState::Processing { .. } => Err(store_error(
+            key,
+            StoreError::Corrupt("the store answered a processing record as finished".into()),
+        )),
+    }
+}
+
+fn store_error(key: &Key, source: StoreError) -> Error {
+    Error::Store {
+        key: for_message(key),
+        source,
+    }
+}

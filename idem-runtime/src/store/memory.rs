@@ -1,0 +1,330 @@
+//! The in-memory store: one process, same transitions and expiries as the Redis store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Store};
+use crate::error::StoreError;
+use crate::record::{Millis, Record, RecordState, Token};
+
+/// Records in this process's memory.
+///
+/// It follows the same rules as the Redis store, step for step, so tests written against it
+/// hold for Redis. Its clock is tokio's: under `#[tokio::test(start_paused = true)]` leases
+/// and TTLs run on paused time, and `tokio::time::advance` moves them.
+///
+/// It does not dedupe across processes. Expired records are dropped when they are next
+/// touched, and swept every few thousand writes.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use idem_runtime::{IdempotencyService, MemoryStore};
+/// let service = IdempotencyService::builder(MemoryStore::new()).build().unwrap();
+/// # let _ = service; }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    records: Mutex<Records>,
+    /// Epoch milliseconds when `origin` was taken.
+    origin_ms: Millis,
+    origin: Instant,
+}
+
+#[derive(Default)]
+struct Records {
+    entries: HashMap<String, Entry>,
+    watchers: HashMap<String, Arc<Notify>>,
+    writes_since_sweep: u32,
+}
+
+struct Entry {
+    record: Record,
+    expires_at: Millis,
+}
+
+/// How many writes pass between sweeps of expired records.
+const SWEEP_EVERY: u32 = 4096;
+
+impl Default for Inner {
+    fn default() -> Self {
+        let origin_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis);
+        Inner {
+            records: Mutex::default(),
+            origin_ms,
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    /// Writes `record` under `key` as it is, expiring `ttl` from now, replacing what is
+    /// there. For tests and migrations: it bypasses every rule of the protocol.
+    pub fn insert(&self, key: &str, record: Record, ttl: Duration) {
+        let now = self.now_ms();
+        let mut records = self.lock();
+        records.put(key, record, now + ms(ttl));
+    }
+
+    /// Milliseconds left before the record under `key` expires, like Redis `PTTL`: `None`
+    /// when there is no record.
+    pub fn pttl(&self, key: &str) -> Option<Duration> {
+        let now = self.now_ms();
+        let records = self.lock();
+        let entry = records.entries.get(key).filter(|e| e.expires_at > now)?;
+        Some(Duration::from_millis(entry.expires_at - now))
+    }
+
+    /// The keys of all live records.
+    pub fn keys(&self) -> Vec<String> {
+        let now = self.now_ms();
+        let records = self.lock();
+        let live = records.entries.iter().filter(|(_, e)| e.expires_at > now);
+        live.map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The store's clock: epoch milliseconds that advance with tokio's clock.
+    pub fn now_ms(&self) -> Millis {
+        self.inner.origin_ms + self.inner.origin.elapsed().as_millis() as Millis
+    }
+
+    /// The store's clock in microseconds, for fencing numbers.
+    fn now_us(&self) -> u64 {
+        self.inner.origin_ms * 1000 + self.inner.origin.elapsed().as_micros() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Records> {
+        // A panic while holding this lock leaves the map consistent (every change is one
+        // insert or remove), so a poisoned lock is safe to keep using.
+        self.inner
+            .records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Records {
+    fn live(&mut self, key: &str, now: Millis) -> Option<&mut Record> {
+        if self.entries.get(key).is_some_and(|e| e.expires_at <= now) {
+            self.entries.remove(key);
+        }
+        self.entries.get_mut(key).map(|e| &mut e.record)
+    }
+
+    fn put(&mut self, key: &str, record: Record, expires_at: Millis) {
+        self.entries
+            .insert(key.to_owned(), Entry { record, expires_at });
+        self.changed(key);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+        self.changed(key);
+    }
+
+    fn changed(&mut self, key: &str) {
+        if let Some(watch) = self.watchers.get(key) {
+            watch.notify_waiters();
+        }
+        self.writes_since_sweep += 1;
+    }
+
+    fn sweep(&mut self, now: Millis) {
+        if self.writes_since_sweep >= SWEEP_EVERY {
+            self.writes_since_sweep = 0;
+            self.entries.retain(|_, e| e.expires_at > now);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
+        let now = self.now_ms();
+        let now_us = self.now_us();
+        let mut records = self.lock();
+        records.sweep(now);
+        let lease = ms(claim.lease);
+
+        let takeover_of = match records.live(claim.key, now) {
+            None => None,
+            Some(record) => {
+                if let RecordState::Processing { lease_until } = record.state {
+                    if record.token == *claim.token {
+                        return Ok(ClaimReply::Acquired {
+                            fence: record.fence,
+                            lease_until: lease_until.unwrap_or(now),
+                            takeover: false,
+                        });
+                    }
+                }
+                if claim.validate_fingerprint && record.fingerprint != *claim.fingerprint {
+                    return Ok(ClaimReply::Mismatch {
+                        stored: record.fingerprint,
+                    });
+                }
+                match record.state {
+                    RecordState::Processing {
+                        lease_until: Some(until),
+                    } if until <= now => Some(record.fence),
+                    RecordState::Processing { lease_until } => {
+                        let expires_at = records.entries[claim.key].expires_at;
+                        let end = lease_until.unwrap_or(expires_at);
+                        return Ok(ClaimReply::Busy {
+                            remaining: Duration::from_millis(end.saturating_sub(now)),
+                        });
+                    }
+                    _ => return Ok(ClaimReply::Finished(record.clone())),
+                }
+            }
+        };
+
+        let fence = match takeover_of {
+            Some(previous) => now_us.max(previous + 1),
+            None => now_us,
+        };
+        let lease_until = now + lease;
+        let record = Record {
+            fingerprint: *claim.fingerprint,
+            token: claim.token.clone(),
+            fence,
+            started_at: now,
+            state: RecordState::Processing {
+                lease_until: Some(lease_until),
+            },
+        };
+        records.put(claim.key, record, lease_until + lease);
+        Ok(ClaimReply::Acquired {
+            fence,
+            lease_until,
+            takeover: takeover_of.is_some(),
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: &Token,
+        finish: &Finish,
+        ttl: Duration,
+    ) -> Result<LeaseReply, StoreError> {
+        let now = self.now_ms();
+        let mut records = self.lock();
+        let Some(record) = records.live(key, now).filter(|r| r.token == *token) else {
+            return Ok(LeaseReply::Lost);
+        };
+        if !matches!(record.state, RecordState::Processing { .. }) {
+            // An earlier try of this completion landed and its reply was lost.
+            return Ok(LeaseReply::Applied { at: now });
+        }
+        let mut record = record.clone();
+        record.state = match finish {
+            Finish::Completed(response) => RecordState::Completed {
+                response: response.clone(),
+                completed_at: now,
+            },
+            Finish::Failed(error) => RecordState::Failed {
+                error: error.clone(),
+                completed_at: now,
+            },
+            Finish::NotReplayable(reason) => RecordState::NotReplayable {
+                reason: reason.clone(),
+                completed_at: now,
+            },
+        };
+        records.put(key, record, now + ms(ttl));
+        Ok(LeaseReply::Applied { at: now })
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        token: &Token,
+        lease: Duration,
+    ) -> Result<LeaseReply, StoreError> {
+        let now = self.now_ms();
+        let mut records = self.lock();
+        let Some(record) = records.live(key, now).filter(|r| r.token == *token) else {
+            return Ok(LeaseReply::Lost);
+        };
+        match record.state {
+            RecordState::Processing { lease_until } if lease_until.is_none_or(|t| t > now) => {
+                let until = now + ms(lease);
+                record.state = RecordState::Processing {
+                    lease_until: Some(until),
+                };
+                if let Some(entry) = records.entries.get_mut(key) {
+                    entry.expires_at = until + ms(lease);
+                }
+                Ok(LeaseReply::Applied { at: until })
+            }
+            _ => Ok(LeaseReply::Lost),
+        }
+    }
+
+    async fn release(&self, key: &str, token: &Token) -> Result<LeaseReply, StoreError> {
+        let now = self.now_ms();
+        let mut records = self.lock();
+        let owned = records.live(key, now).is_some_and(|r| {
+            r.token == *token && matches!(r.state, RecordState::Processing { .. })
+        });
+        if !owned {
+            return Ok(LeaseReply::Lost);
+        }
+        records.remove(key);
+        Ok(LeaseReply::Applied { at: now })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        let now = self.now_ms();
+        Ok(self.lock().live(key, now).cloned())
+    }
+
+    async fn delete(&self, key: &str, force: bool) -> Result<DeleteReply, StoreError> {
+        let now = self.now_ms();
+        let mut records = self.lock();
+        let reply = match records.live(key, now) {
+            None => return Ok(DeleteReply::NotFound),
+            Some(r) if !force && matches!(r.state, RecordState::Processing { .. }) => {
+                return Ok(DeleteReply::Processing)
+            }
+            Some(_) => DeleteReply::Deleted,
+        };
+        records.remove(key);
+        Ok(reply)
+    }
+
+    async fn wait_for_change(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
+        let watch = {
+            let mut records = self.lock();
+            let watch = records.watchers.entry(key.to_owned()).or_default();
+            Arc::clone(watch)
+        };
+        let _ = tokio::time::timeout(timeout, watch.notified()).await;
+        let mut records = self.lock();
+        // The map holds one reference and this waiter another: the last waiter cleans up.
+        if Arc::strong_count(&watch) <= 2 {
+            records.watchers.remove(key);
+        }
+        Ok(())
+    }
+}
+
+fn ms(duration: Duration) -> Millis {
+    duration.as_millis() as Millis
+}

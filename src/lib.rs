@@ -1,0 +1,1 @@
+pub use idem_runtime::*;
