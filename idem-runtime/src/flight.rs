@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::fingerprint::Fingerprint;
 use crate::record::Record;
@@ -29,8 +30,13 @@ pub(crate) struct Flight {
 pub(crate) enum FlightState {
     /// The leader is asking the store, or waiting for another process's owner.
     Claiming,
-    /// The leader owns the key and runs the operation.
-    Running,
+    /// The leader owns the key and runs the operation; its lease ends about `lease_end`
+    /// (this process's clock, moved on every renewal). A joiner still waiting then goes to
+    /// the store itself, which lets it take over a lease its own process let lapse.
+    Running {
+        /// When the leader's lease ends, as far as this process can tell.
+        lease_end: Instant,
+    },
     /// The flight is over.
     Ended(FlightEnd),
 }
@@ -92,10 +98,12 @@ pub(crate) struct FlightGuard {
 }
 
 impl FlightGuard {
-    /// Tells joiners the leader owns the key.
-    pub fn running(&self) {
+    /// Tells joiners the leader owns the key until about `lease_end`.
+    pub fn running(&self, lease_end: Instant) {
         if let Some(flight) = &self.flight {
-            flight.state.send_replace(FlightState::Running);
+            flight
+                .state
+                .send_replace(FlightState::Running { lease_end });
         }
     }
 

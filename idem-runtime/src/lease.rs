@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::config::{FailurePolicy, Resolved};
+use tokio::time::Instant;
+
+use crate::config::{FailurePolicy, Resolved, Settings, MAX_DURATION};
 use crate::fingerprint::Fingerprint;
 use crate::flight::{FlightEnd, FlightGuard};
 use crate::key::Key;
@@ -12,9 +14,9 @@ use crate::record::{Millis, Token};
 
 /// The right to run an operation under a key and to store its outcome.
 ///
-/// A lease is fenced: [`complete`](crate::IdempotencyService::complete),
-/// [`fail`](crate::IdempotencyService::fail) and
-/// [`renew`](crate::IdempotencyService::renew) apply only while the store still holds this
+/// A lease is fenced: [`complete`](crate::Idempotency::complete),
+/// [`fail`](crate::Idempotency::fail) and
+/// [`renew`](crate::Idempotency::renew) apply only while the store still holds this
 /// lease's token, so an owner whose lease was taken over changes nothing. Dropping a lease
 /// without finishing it leaves the claim to lapse when the lease ends (the operation may have
 /// had its effect, so the key is not freed at once) and wakes this process's waiters.
@@ -26,6 +28,7 @@ pub struct Lease {
     fingerprint: Fingerprint,
     fence: u64,
     takeover: bool,
+    started_at: Millis,
     lease_until: AtomicU64,
     lost: AtomicBool,
     pub(crate) options: Resolved,
@@ -51,7 +54,12 @@ pub(crate) struct Grant {
 
 impl Lease {
     pub(crate) fn new(grant: Grant, options: Resolved, flight: Option<FlightGuard>) -> Self {
+        if let Some(flight) = &flight {
+            flight.running(Instant::now() + options.lock_timeout);
+        }
+        let lease_ms = options.lock_timeout.as_millis() as Millis;
         Lease {
+            started_at: grant.lease_until.saturating_sub(lease_ms),
             key: grant.key,
             store_key: grant.store_key,
             token: grant.token,
@@ -67,15 +75,20 @@ impl Lease {
 
     /// A lease that no store holds, for mocks of [`Idempotency`](crate::Idempotency) in
     /// tests: a real service answers [`Error::LeaseLost`](crate::Error::LeaseLost) for it.
+    ///
+    /// `lock_timeout` is kept within what a service accepts (1 ms to [`MAX_DURATION`]); the
+    /// other options are the default settings'.
     pub fn detached(key: Key, fingerprint: Fingerprint, lock_timeout: Duration) -> Self {
-        let options = crate::CallOptions::new()
-            .lock_timeout(lock_timeout)
-            .resolve(&crate::Settings::default())
-            .unwrap_or_else(|_| {
-                crate::CallOptions::new()
-                    .resolve(&crate::Settings::default())
-                    .expect("default settings are valid")
-            });
+        let settings = Settings::default();
+        let options = Resolved {
+            ttl: settings.ttl,
+            failure_ttl: settings.failure_ttl,
+            lock_timeout: lock_timeout.clamp(Duration::from_millis(1), MAX_DURATION),
+            wait_timeout: settings.wait_timeout,
+            wait: true,
+            validate_fingerprint: settings.validate_fingerprint,
+            failure_policy: settings.failure_policy,
+        };
         let grant = Grant {
             store_key: key.store_key("detached:"),
             key,
@@ -136,7 +149,7 @@ impl Lease {
         self.options.ttl
     }
 
-    /// What [`fail`](crate::IdempotencyService::fail) does with this lease.
+    /// What [`fail`](crate::Idempotency::fail) does with this lease.
     pub fn failure_policy(&self) -> FailurePolicy {
         self.options.failure_policy
     }
@@ -146,8 +159,18 @@ impl Lease {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// When the current owner claimed the key, on the store's clock.
+    pub(crate) fn started_at(&self) -> Millis {
+        self.started_at
+    }
+
+    /// Records a renewal up to `until`, and tells this process's waiters the lease runs on.
     pub(crate) fn renewed(&self, until: Millis) {
         self.lease_until.store(until, Ordering::Release);
+        let flight = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flight.as_ref() {
+            flight.running(Instant::now() + self.options.lock_timeout);
+        }
     }
 
     pub(crate) fn mark_lost(&self) {

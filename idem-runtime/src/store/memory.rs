@@ -44,6 +44,9 @@ struct Records {
     entries: HashMap<String, Entry>,
     watchers: HashMap<String, Arc<Notify>>,
     writes_since_sweep: u32,
+    /// The last fencing number handed out, so fences grow even between claims made in the
+    /// same microsecond (paused time) or after a record was deleted.
+    last_fence: u64,
 }
 
 struct Entry {
@@ -132,6 +135,25 @@ impl Records {
         self.changed(key);
     }
 
+    /// Whether `key` holds a processing record whose lease (or, without one, whose record)
+    /// is still live: the only state worth waiting on.
+    fn held(&mut self, key: &str, now: Millis) -> bool {
+        let lease = match self.live(key, now) {
+            Some(record) => match record.state {
+                RecordState::Processing { lease_until } => lease_until,
+                _ => return false,
+            },
+            None => return false,
+        };
+        lease.is_none_or(|until| until > now)
+    }
+
+    fn next_fence(&mut self, now_us: u64, previous: Option<u64>) -> u64 {
+        let floor = previous.map_or(self.last_fence, |p| p.max(self.last_fence));
+        self.last_fence = now_us.max(floor + 1);
+        self.last_fence
+    }
+
     fn remove(&mut self, key: &str) {
         self.entries.remove(key);
         self.changed(key);
@@ -194,10 +216,7 @@ impl Store for MemoryStore {
             }
         };
 
-        let fence = match takeover_of {
-            Some(previous) => now_us.max(previous + 1),
-            None => now_us,
-        };
+        let fence = records.next_fence(now_us, takeover_of);
         let lease_until = now + lease;
         let record = Record {
             fingerprint: *claim.fingerprint,
@@ -229,8 +248,12 @@ impl Store for MemoryStore {
             return Ok(LeaseReply::Lost);
         };
         if !matches!(record.state, RecordState::Processing { .. }) {
-            // An earlier try of this completion landed and its reply was lost.
-            return Ok(LeaseReply::Applied { at: now });
+            // An earlier try of this completion landed and its reply was lost; any other
+            // outcome under this token is a second finish, which must not pass for stored.
+            return Ok(match finished_as(&record.state, finish) {
+                true => LeaseReply::Applied { at: now },
+                false => LeaseReply::Lost,
+            });
         }
         let mut record = record.clone();
         record.state = match finish {
@@ -310,21 +333,165 @@ impl Store for MemoryStore {
     }
 
     async fn wait_for_change(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
-        let watch = {
-            let mut records = self.lock();
-            let watch = records.watchers.entry(key.to_owned()).or_default();
-            Arc::clone(watch)
-        };
-        let _ = tokio::time::timeout(timeout, watch.notified()).await;
-        let mut records = self.lock();
-        // The map holds one reference and this waiter another: the last waiter cleans up.
-        if Arc::strong_count(&watch) <= 2 {
-            records.watchers.remove(key);
+        let watch = Watch::new(self, key);
+        let notified = watch.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the record is looked at, so a change made after the look wakes
+        // this waiter, and a change made before it is seen by the look.
+        notified.as_mut().enable();
+        if !self.lock().held(key, self.now_ms()) {
+            return Ok(());
         }
+        let _ = tokio::time::timeout(timeout, notified).await;
         Ok(())
+    }
+}
+
+/// A waiter's registration for changes of one key, removed with the last waiter (also when
+/// the waiting future is dropped).
+struct Watch<'a> {
+    store: &'a MemoryStore,
+    key: &'a str,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(store: &'a MemoryStore, key: &'a str) -> Self {
+        let mut records = store.lock();
+        let notify = Arc::clone(records.watchers.entry(key.to_owned()).or_default());
+        Watch { store, key, notify }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut records = self.store.lock();
+        // The map holds one reference and this waiter another: the last waiter cleans up.
+        if Arc::strong_count(&self.notify) <= 2 {
+            records.watchers.remove(self.key);
+        }
+    }
+}
+
+/// Whether a finished record's state is what `finish` would have written.
+fn finished_as(state: &RecordState, finish: &Finish) -> bool {
+    match (state, finish) {
+        (RecordState::Completed { response, .. }, Finish::Completed(given)) => response == given,
+        (RecordState::Failed { error, .. }, Finish::Failed(given)) => error == given,
+        (RecordState::NotReplayable { reason, .. }, Finish::NotReplayable(given)) => {
+            reason == given
+        }
+        _ => false,
     }
 }
 
 fn ms(duration: Duration) -> Millis {
     duration.as_millis() as Millis
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::Fingerprint;
+    use crate::record::{Body, Response};
+
+    const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
+    const LEASE: Duration = Duration::from_secs(1);
+
+    async fn claim(store: &MemoryStore, token: &Token) -> ClaimReply {
+        let claim = Claim {
+            key: "k",
+            fingerprint: &FP,
+            validate_fingerprint: true,
+            token,
+            lease: LEASE,
+        };
+        store.claim(claim).await.expect("memory never fails")
+    }
+
+    fn done() -> Finish {
+        Finish::Completed(Response::ok(Body::bytes("done")))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_between_the_busy_reply_and_the_wait_is_not_missed() {
+        let store = MemoryStore::new();
+        let (owner, waiter) = (Token::generate(), Token::generate());
+        claim(&store, &owner).await;
+        assert!(matches!(
+            claim(&store, &waiter).await,
+            ClaimReply::Busy { .. }
+        ));
+        store
+            .complete("k", &owner, &done(), LEASE)
+            .await
+            .expect("complete");
+
+        let started = Instant::now();
+        store.wait_for_change("k", LEASE).await.expect("wait");
+
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(store
+            .inner
+            .records
+            .lock()
+            .expect("lock")
+            .watchers
+            .is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_wakes_a_waiter_before_its_timeout() {
+        let store = MemoryStore::new();
+        let owner = Token::generate();
+        claim(&store, &owner).await;
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let started = Instant::now();
+                store.wait_for_change("k", LEASE).await.expect("wait");
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        store
+            .complete("k", &owner, &done(), LEASE)
+            .await
+            .expect("complete");
+
+        assert_eq!(waiter.await.expect("waiter"), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_leaves_no_registration_behind() {
+        let store = MemoryStore::new();
+        claim(&store, &Token::generate()).await;
+
+        let wait = store.wait_for_change("k", LEASE);
+        let _ = tokio::time::timeout(Duration::from_millis(5), wait).await;
+
+        assert!(store
+            .inner
+            .records
+            .lock()
+            .expect("lock")
+            .watchers
+            .is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fences_grow_for_claims_in_the_same_microsecond() {
+        let store = MemoryStore::new();
+        let mut fences = Vec::new();
+        for _ in 0..3 {
+            let token = Token::generate();
+            let ClaimReply::Acquired { fence, .. } = claim(&store, &token).await else {
+                panic!("expected to acquire");
+            };
+            store.release("k", &token).await.expect("release");
+            fences.push(fence);
+        }
+        assert!(fences.windows(2).all(|w| w[0] < w[1]), "{fences:?}");
+    }
 }
