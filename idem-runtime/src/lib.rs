@@ -62,16 +62,24 @@
 
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+mod classify;
 mod config;
 mod error;
 pub mod fingerprint;
 mod flight;
+pub mod global;
+#[cfg(feature = "tower")]
+pub mod http;
 mod key;
 mod lease;
 mod record;
 mod service;
 pub mod store;
 
+pub use classify::{Classify, OnError};
 pub use config::{CallOptions, ErrorPolicy, FailurePolicy, Settings, MAX_DURATION};
 pub use error::{BoxError, ConfigError, Error, StoreError};
 pub use fingerprint::{fingerprint, Fingerprint, FingerprintError};

@@ -20,6 +20,27 @@ use crate::store::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, MemorySto
 /// Stores that notify on completion wake waiters sooner.
 const MAX_RECHECK: Duration = Duration::from_millis(250);
 
+/// How many times a claim is sent when the connection fails. The store may have applied an
+/// attempt whose reply was lost; the next attempt carries the same token, which the store
+/// recognises, so the caller does not wait out its own lease.
+const CLAIM_ATTEMPTS: u32 = 3;
+
+/// The pause before the second claim attempt; it grows fourfold for each later one.
+const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// How a joiner's wait on this process's flight ended.
+// Moved once, straight into the caller's return value, like the `CheckOutcome` it holds.
+#[allow(clippy::large_enum_variant)]
+enum Joined {
+    /// The flight ended with an answer for the joiner.
+    Outcome(CheckOutcome),
+    /// The flight ended without a result: the joiner enters again.
+    Vacated,
+    /// The leader's lease ran out and was not renewed: the joiner asks the store itself,
+    /// which decides whether the lease can be taken over.
+    LeaseLapsed,
+}
+
 /// What [`check_and_lock`](Idempotency::check_and_lock) found.
 #[derive(Debug)]
 #[must_use = "an acquired lease must be completed or failed"]
@@ -65,6 +86,19 @@ pub trait Idempotency: Send + Sync {
 
     /// Stores `response` as the result of the lease's operation.
     async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error>;
+
+    /// Finishes the lease's operation as succeeded without a replayable result (it could
+    /// not be serialized): later calls get [`Error::NotReplayable`] and do not run it.
+    ///
+    /// Implementations that keep records must override this. The default stores nothing
+    /// and returns [`Error::NotReplayable`], leaving the claim to lapse at the end of its
+    /// lease.
+    async fn complete_not_replayable(&self, lease: &Lease, reason: String) -> Result<(), Error> {
+        Err(Error::NotReplayable {
+            key: for_message(lease.key()),
+            reason,
+        })
+    }
 
     /// Finishes the lease's operation as failed, by its failure policy: *release* frees the
     /// key (and `error` is dropped), *record* stores `error` for replay.
@@ -245,11 +279,23 @@ impl IdempotencyService {
             token,
             lease: options.lock_timeout,
         };
-        self.inner
-            .store
-            .claim(claim)
-            .await
-            .map_err(|source| store_error(key, source))
+        let mut pause = CLAIM_RETRY_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match self.inner.store.claim(claim).await {
+                Ok(reply) => return Ok(reply),
+                Err(StoreError::Connection(source)) if attempt < CLAIM_ATTEMPTS => {
+                    tracing::warn!(
+                        key = %key, error = %source, attempt,
+                        "claim failed on the connection; sending it again with the same token"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                    attempt += 1;
+                }
+                Err(source) => return Err(store_error(key, source)),
+            }
+        }
     }
 
     /// The leader's side: claim, and while another process's owner works, wait and claim
@@ -283,9 +329,6 @@ impl IdempotencyService {
                         tracing::info!(key = %key, fence, "took over a lapsed lease");
                     } else {
                         tracing::debug!(key = %key, fence, "lock acquired");
-                    }
-                    if let Some(flight) = &flight {
-                        flight.running();
                     }
                     let grant = Grant {
                         key: key.clone(),
@@ -350,41 +393,42 @@ impl IdempotencyService {
         }
     }
 
-    /// A joiner's side: wait for the leader's flight to end.
+    /// A joiner's side: wait for the leader's flight to end, or for its lease to run out.
     async fn join(
         &self,
         key: &Key,
         mut flight: tokio::sync::watch::Receiver<FlightState>,
         options: &Resolved,
         deadline: Instant,
-    ) -> Result<Option<CheckOutcome>, Error> {
+    ) -> Result<Joined, Error> {
         loop {
             let state = flight.borrow_and_update().clone();
-            match state {
+            let wake = match state {
                 FlightState::Ended(FlightEnd::Finished(record)) => {
-                    return replay(key, Arc::unwrap_or_clone(record)).map(Some)
+                    return replay(key, Arc::unwrap_or_clone(record)).map(Joined::Outcome)
                 }
                 FlightState::Ended(FlightEnd::Mismatch(stored)) => {
-                    return Ok(Some(CheckOutcome::Mismatch { stored }))
+                    return Ok(Joined::Outcome(CheckOutcome::Mismatch { stored }))
                 }
-                FlightState::Ended(FlightEnd::Vacated) => return Ok(None),
-                FlightState::Running if !options.wait => {
-                    return Ok(Some(CheckOutcome::InProgress {
-                        retry_after: options.lock_timeout,
-                    }))
+                FlightState::Ended(FlightEnd::Vacated) => return Ok(Joined::Vacated),
+                FlightState::Running { lease_end } if Instant::now() >= lease_end => {
+                    return Ok(Joined::LeaseLapsed)
                 }
-                FlightState::Running | FlightState::Claiming => {}
-            }
-            match tokio::time::timeout_at(deadline, flight.changed()).await {
+                FlightState::Running { lease_end } => lease_end.min(deadline),
+                FlightState::Claiming => deadline,
+            };
+            match tokio::time::timeout_at(wake, flight.changed()).await {
                 Ok(Ok(())) => {}
                 // The sender is gone without a final state: start over.
-                Ok(Err(_)) => return Ok(None),
-                Err(_) => {
+                Ok(Err(_)) => return Ok(Joined::Vacated),
+                Err(_) if Instant::now() >= deadline => {
                     return Err(Error::WaitTimeout {
                         key: for_message(key),
                         waited: options.wait_timeout,
                     })
                 }
+                // The leader's lease end came first; the next turn looks again.
+                Err(_) => {}
             }
         }
     }
@@ -422,9 +466,7 @@ impl IdempotencyService {
                     fingerprint: *lease.fingerprint(),
                     token: lease.token().clone(),
                     fence: lease.fence(),
-                    started_at: lease
-                        .lease_until()
-                        .saturating_sub(lease.lock_timeout().as_millis() as u64),
+                    started_at: lease.started_at(),
                     state: match finish {
                         Finish::Completed(response) => RecordState::Completed {
                             response,
@@ -476,8 +518,19 @@ impl Idempotency for IdempotencyService {
                 rule,
             })?;
         let store_key = key.store_key(&settings.key_prefix);
-        let deadline = Instant::now() + options.wait_timeout;
+        // The budget is unchecked (and unused) when the call does not wait.
+        let deadline = match options.wait {
+            true => Instant::now() + options.wait_timeout,
+            false => Instant::now(),
+        };
 
+        // A call that will not wait asks the store, which knows how long the owner's lease
+        // still runs, instead of joining this process's flight.
+        if !options.wait {
+            return self
+                .lead(key, &store_key, fingerprint, options, None, deadline)
+                .await;
+        }
         loop {
             match self.inner.flights.enter(&store_key, fingerprint) {
                 Some(Role::Leader(flight)) => {
@@ -493,8 +546,14 @@ impl Idempotency for IdempotencyService {
                         .await;
                 }
                 Some(Role::Joiner(flight)) => {
-                    if let Some(outcome) = self.join(key, flight, &options, deadline).await? {
-                        return Ok(outcome);
+                    match self.join(key, flight, &options, deadline).await? {
+                        Joined::Outcome(outcome) => return Ok(outcome),
+                        Joined::Vacated => {}
+                        Joined::LeaseLapsed => {
+                            return self
+                                .lead(key, &store_key, fingerprint, options, None, deadline)
+                                .await;
+                        }
                     }
                 }
                 None => {
@@ -520,6 +579,11 @@ impl Idempotency for IdempotencyService {
             });
         }
         self.finish(lease, Finish::Completed(response), lease.ttl())
+            .await
+    }
+
+    async fn complete_not_replayable(&self, lease: &Lease, reason: String) -> Result<(), Error> {
+        self.finish(lease, Finish::NotReplayable(reason), lease.ttl())
             .await
     }
 

@@ -1,0 +1,921 @@
+//! Load generator for idem over Redis, measured against a raw-client floor in the same run.
+//!
+//! ```text
+//! redis-server --port 7777 --save '' --appendonly no &
+//! cargo run --release --example loadgen -- --url redis://127.0.0.1:7777/ --out loadgen.json
+//! ```
+//!
+//! It refuses to run without a URL (`--url` or `REDIS_URL`), and refuses port 6379 on a
+//! loopback address: start a server of your own for it, since it writes many keys (all under
+//! a per-run prefix, all with an expiry).
+//!
+//! # Scenarios
+//!
+//! - **fresh**: every call uses a new key: claim, run an empty body, complete. The floor
+//!   does the least any lock-then-store scheme can: one script that claims the key
+//!   (`SET NX PX` inside Lua, sent as `EVALSHA`) and one `SET` of the result.
+//! - **replay**: every call hits a completed key. The floor is one `GET`.
+//! - **contended**: 50 callers per key, split over several service instances (each with
+//!   its own Redis connection, as separate processes would be); the body sleeps 20 ms.
+//!   Reports how many times each body ran, and the time from the owner's completion (the
+//!   moment its `complete` returned) to each other caller's return, for callers in the
+//!   owner's instance (in-process joiners) and in the other instances (cross-process).
+//! - **joiners**: one instance, 50 callers per key: counts the Redis requests per key, which
+//!   is 2 (the owner's claim and completion) when in-process joiners send nothing.
+//!
+//! Each of fresh and replay runs at every `--concurrency` (callers in flight; default
+//! `1,64`); contended runs that many keys at once. Every phase stops at `--calls` calls or
+//! `--seconds` seconds, whichever comes first.
+//!
+//! # Figures
+//!
+//! - `calls_per_sec`, `p50_ms`, `p99_ms`: throughput and latency of whole calls.
+//! - `ratio_to_floor`: idem's calls/s over the floor's at the same concurrency.
+//! - `requests_per_call`: top-level requests the clients sent to Redis, counted with
+//!   `MONITOR` over a short extra run of the same scenario at concurrency 1 (commands that
+//!   scripts run inside Redis are not requests, and `MONITOR` marks them as `lua`). The
+//!   throughput runs are not monitored, since `MONITOR` slows the server.
+//! - `script_calls_per_call`, `commands_per_call`: from `INFO commandstats` deltas over the
+//!   throughput run: `EVALSHA` + `EVAL` calls, and every command including those run inside
+//!   scripts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use idem::store::redis::redis::{self, aio::ConnectionManager, AsyncCommands};
+use idem::store::redis::RedisStore;
+use idem::{Body, CallOptions, CheckOutcome, Idempotency, IdempotencyService, Key, Response};
+use serde_json::{json, Value};
+
+/// Callers per key in the contended scenarios.
+const CALLERS_PER_KEY: usize = 50;
+
+/// How long a contended body runs.
+const BODY: Duration = Duration::from_millis(20);
+
+/// Calls in each `MONITOR`-counted run.
+const COUNTED_CALLS: u64 = 200;
+
+/// Keys in each `MONITOR`-counted contended run.
+const COUNTED_KEYS: u64 = 4;
+
+/// Completed keys the replay scenario cycles through.
+const REPLAY_KEYS: u64 = 1000;
+
+/// How long the records of a run live in Redis.
+const RECORD_TTL: Duration = Duration::from_secs(600);
+
+/// What the user asked for.
+struct Args {
+    url: String,
+    calls: u64,
+    seconds: f64,
+    concurrency: Vec<usize>,
+    instances: usize,
+    scenarios: Vec<String>,
+    out: Option<String>,
+}
+
+const USAGE: &str = "usage: loadgen --url redis://127.0.0.1:PORT/ [--calls N] [--seconds S] \
+[--concurrency 1,64] [--instances 2] [--scenarios fresh,replay,contended,joiners] [--out FILE.json]
+The URL may also come from REDIS_URL. Start a server of your own, e.g.
+    redis-server --port 7777 --save '' --appendonly no";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        url: std::env::var("REDIS_URL").unwrap_or_default(),
+        calls: 20_000,
+        seconds: 10.0,
+        concurrency: vec![1, 64],
+        instances: 2,
+        scenarios: ["fresh", "replay", "contended", "joiners"]
+            .map(String::from)
+            .to_vec(),
+        out: None,
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.to_owned());
+        }
+        let value = iter
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = |what: &str| format!("{flag} {value:?}: expected {what}\n{USAGE}");
+        match flag.as_str() {
+            "--url" => args.url = value,
+            "--calls" => args.calls = value.parse().map_err(|_| bad("a count"))?,
+            "--seconds" => args.seconds = value.parse().map_err(|_| bad("seconds"))?,
+            "--instances" => args.instances = value.parse().map_err(|_| bad("a count"))?,
+            "--out" => args.out = Some(value),
+            "--concurrency" => {
+                args.concurrency = value
+                    .split(',')
+                    .map(|c| c.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| bad("a list like 1,64"))?
+            }
+            "--scenarios" => args.scenarios = value.split(',').map(String::from).collect(),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    if args.url.is_empty() {
+        return Err(format!(
+            "no Redis URL: pass --url or set REDIS_URL\n{USAGE}"
+        ));
+    }
+    if args.calls == 0 || args.seconds <= 0.0 || args.instances < 2 {
+        return Err(format!(
+            "--calls and --seconds must be positive, --instances at least 2\n{USAGE}"
+        ));
+    }
+    if args.concurrency.contains(&0) {
+        return Err(format!("a concurrency of 0 runs nothing\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+/// Refuses the conventional local server: it is someone else's, and a load run fills it.
+fn check_target(url: &str) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url:?}: {e}"))?;
+    let (host, port) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        _ => return Ok(()),
+    };
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && port == 6379 {
+        return Err(format!(
+            "refusing {host}:6379: the default local Redis usually serves something else, and \
+             this run writes thousands of keys to it. Start a server of your own:\n    \
+             redis-server --port 7777 --save '' --appendonly no\nand pass --url redis://127.0.0.1:7777/"
+        ));
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(message) = check_target(&args.url) {
+        eprintln!("{message}");
+        std::process::exit(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(errors) if errors > 0 => {
+            eprintln!("{errors} calls failed; see the messages above");
+            std::process::exit(1);
+        }
+        Ok(_) => {}
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Connections and services shared by the phases of one run.
+struct Bench {
+    args: Args,
+    client: redis::Client,
+    control: ConnectionManager,
+    floor: ConnectionManager,
+    /// One service per instance, each over its own store and connection.
+    services: Vec<IdempotencyService>,
+    run_id: String,
+    claim_script: redis::Script,
+}
+
+/// The floor's claim: take the key if it is free, as `SET NX PX` would, but as a script,
+/// since a real claim must also decide in the same step what to answer when it is taken.
+const FLOOR_CLAIM: &str =
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0";
+
+/// The body every fresh and replay call stores.
+const RESULT: &[u8] = br#"{"receipt":"r-000042","amount_cents":129900,"currency":"EUR"}"#;
+
+async fn run(args: Args) -> Result<u64, String> {
+    let client = redis::Client::open(args.url.as_str()).map_err(|e| e.to_string())?;
+    let control = ConnectionManager::new(client.clone())
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", args.url))?;
+    let floor = ConnectionManager::new(client.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let run_id = format!("{:x}", nanos ^ u128::from(std::process::id()));
+    let mut services = Vec::new();
+    for _ in 0..args.instances {
+        let store = RedisStore::connect(&args.url)
+            .await
+            .map_err(|e| format!("cannot open the store: {e}"))?;
+        let service = IdempotencyService::builder(store)
+            .key_prefix(format!("loadgen:{run_id}:"))
+            .ttl(RECORD_TTL)
+            .build()
+            .map_err(|e| e.to_string())?;
+        services.push(service);
+    }
+    let bench = Arc::new(Bench {
+        args,
+        client,
+        control,
+        floor,
+        services,
+        run_id,
+        claim_script: redis::Script::new(FLOOR_CLAIM),
+    });
+
+    let mut rows = Vec::new();
+    let wants = |name: &str| bench.args.scenarios.iter().any(|s| s == name);
+    if wants("fresh") || wants("replay") {
+        prepare_replay_keys(&bench).await?;
+    }
+    for &concurrency in &bench.args.concurrency {
+        if wants("fresh") {
+            let floor = throughput(&bench, Call::FloorFresh, concurrency).await?;
+            let idem = throughput(&bench, Call::IdemFresh, concurrency).await?;
+            rows.push(with_ratio(idem, &floor));
+            rows.push(floor);
+        }
+        if wants("replay") {
+            let floor = throughput(&bench, Call::FloorReplay, concurrency).await?;
+            let idem = throughput(&bench, Call::IdemReplay, concurrency).await?;
+            rows.push(with_ratio(idem, &floor));
+            rows.push(floor);
+        }
+        if wants("contended") {
+            rows.push(contended(&bench, concurrency, bench.args.instances).await?);
+        }
+    }
+    if wants("fresh") || wants("replay") {
+        for call in [
+            Call::FloorFresh,
+            Call::IdemFresh,
+            Call::FloorReplay,
+            Call::IdemReplay,
+        ] {
+            let name = if matches!(call, Call::FloorFresh | Call::IdemFresh) {
+                "fresh"
+            } else {
+                "replay"
+            };
+            if wants(name) {
+                let counts =
+                    counted(&bench, |b| throughput_bounded(b, call, 1, COUNTED_CALLS)).await?;
+                attach_counts(&mut rows, call.label(), call.implementation(), counts);
+            }
+        }
+    }
+    if wants("contended") {
+        let instances = bench.args.instances;
+        let counts = counted(&bench, |b| contended_bounded(b, 1, instances, COUNTED_KEYS)).await?;
+        attach_counts(&mut rows, "contended", "idem", counts);
+    }
+    if wants("joiners") {
+        let counts = counted(&bench, |b| contended_bounded(b, 1, 1, COUNTED_KEYS)).await?;
+        rows.push(joiners_row(counts));
+    }
+
+    print_table(&rows);
+    let errors = rows.iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum();
+    let report = json!({
+        "redis_url": redact(&bench.args.url),
+        "run_id": bench.run_id,
+        "callers_per_key": CALLERS_PER_KEY,
+        "body_ms": BODY.as_millis() as u64,
+        "instances": bench.args.instances,
+        "calls_limit": bench.args.calls,
+        "seconds_limit": bench.args.seconds,
+        "rows": rows,
+    });
+    if let Some(path) = &bench.args.out {
+        let text = serde_json::to_string_pretty(&report).expect("a JSON value");
+        std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
+        println!("wrote {path}");
+    }
+    Ok(errors)
+}
+
+/// One kind of call in the throughput scenarios.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    FloorFresh,
+    IdemFresh,
+    FloorReplay,
+    IdemReplay,
+}
+
+impl Call {
+    fn label(self) -> &'static str {
+        match self {
+            Call::FloorFresh | Call::IdemFresh => "fresh",
+            Call::FloorReplay | Call::IdemReplay => "replay",
+        }
+    }
+
+    fn implementation(self) -> &'static str {
+        match self {
+            Call::FloorFresh | Call::FloorReplay => "floor",
+            Call::IdemFresh | Call::IdemReplay => "idem",
+        }
+    }
+}
+
+fn replay_key(n: u64) -> Key {
+    Key::scoped("loadgen", format!("replay-{}", n % REPLAY_KEYS))
+}
+
+fn floor_key(bench: &Bench, what: &str, n: u64) -> String {
+    format!("loadgen:{}:floor:{what}-{n}", bench.run_id)
+}
+
+fn arguments(key: &Key) -> idem::Fingerprint {
+    idem::fingerprint(&(key.id(), 129_900_u64, "EUR")).expect("finite arguments")
+}
+
+async fn prepare_replay_keys(bench: &Bench) -> Result<(), String> {
+    let mut floor = bench.floor.clone();
+    for n in 0..REPLAY_KEYS {
+        let key = floor_key(bench, "replay", n);
+        let () = floor
+            .set_ex(&key, RESULT, RECORD_TTL.as_secs())
+            .await
+            .map_err(|e| format!("preparing {key}: {e}"))?;
+        let key = replay_key(n);
+        match bench.services[0]
+            .check_and_lock(&key, &arguments(&key), &CallOptions::new())
+            .await
+        {
+            Ok(CheckOutcome::Acquired(lease)) => bench.services[0]
+                .complete(&lease, Response::ok(Body::Json(RESULT.into())))
+                .await
+                .map_err(|e| format!("preparing {key:?}: {e}"))?,
+            Ok(CheckOutcome::Completed(_)) => {}
+            other => return Err(format!("preparing {key:?}: unexpected {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// One call of `call`, numbered `n` within the phase numbered `phase`.
+async fn one_call(bench: &Bench, call: Call, phase: u64, n: u64) -> Result<(), String> {
+    match call {
+        Call::FloorFresh => {
+            let key = floor_key(bench, &format!("fresh-{phase}"), n);
+            let mut conn = bench.floor.clone();
+            let claimed: i64 = bench
+                .claim_script
+                .key(&key)
+                .arg("owner-token-0123456789abcdef")
+                .arg(30_000)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if claimed != 1 {
+                return Err(format!("floor claim of a new key {key} answered {claimed}"));
+            }
+            conn.set_ex(&key, RESULT, RECORD_TTL.as_secs())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Call::IdemFresh => {
+            let service = &bench.services[0];
+            let key = Key::scoped("loadgen", format!("fresh-{phase}-{n}"));
+            match service
+                .check_and_lock(&key, &arguments(&key), &CallOptions::new())
+                .await
+            {
+                Ok(CheckOutcome::Acquired(lease)) => {
+                    let body = service
+                        .keep_alive(&lease, async { Body::Json(RESULT.into()) })
+                        .await;
+                    service
+                        .complete(&lease, Response::ok(body))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                other => Err(format!("a new key answered {other:?}")),
+            }
+        }
+        Call::FloorReplay => {
+            let mut conn = bench.floor.clone();
+            let body: Option<Vec<u8>> = conn
+                .get(floor_key(bench, "replay", n % REPLAY_KEYS))
+                .await
+                .map_err(|e| e.to_string())?;
+            match body {
+                Some(_) => Ok(()),
+                None => Err("a prepared floor key is missing".to_owned()),
+            }
+        }
+        Call::IdemReplay => {
+            let key = replay_key(n);
+            match bench.services[0]
+                .check_and_lock(&key, &arguments(&key), &CallOptions::new())
+                .await
+            {
+                Ok(CheckOutcome::Completed(_)) => Ok(()),
+                other => Err(format!("a completed key answered {other:?}")),
+            }
+        }
+    }
+}
+
+/// Runs `call` at `concurrency` until the call count or the time limit is reached.
+async fn throughput(bench: &Arc<Bench>, call: Call, concurrency: usize) -> Result<Value, String> {
+    let before = commandstats(bench).await?;
+    let mut row = throughput_bounded(bench, call, concurrency, bench.args.calls).await?;
+    let after = commandstats(bench).await?;
+    attach_commandstats(&mut row, &before, &after);
+    Ok(row)
+}
+
+async fn throughput_bounded(
+    bench: &Arc<Bench>,
+    call: Call,
+    concurrency: usize,
+    calls: u64,
+) -> Result<Value, String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(bench.args.seconds);
+    let started = Instant::now();
+    let phase = next_batch();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (bench, next, errors) = (Arc::clone(bench), Arc::clone(&next), Arc::clone(&errors));
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= calls || Instant::now() >= deadline {
+                    return latencies;
+                }
+                let start = Instant::now();
+                if let Err(message) = one_call(&bench, call, phase, n).await {
+                    if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!(
+                            "{} {} call failed: {message}",
+                            call.implementation(),
+                            call.label()
+                        );
+                    }
+                }
+                latencies.push(start.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        latencies.extend(done.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed();
+    let done = latencies.len() as u64;
+    Ok(json!({
+        "scenario": call.label(),
+        "implementation": call.implementation(),
+        "concurrency": concurrency,
+        "calls": done,
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": elapsed.as_secs_f64(),
+        "calls_per_sec": done as f64 / elapsed.as_secs_f64(),
+        "p50_ms": percentile_ms(&mut latencies, 50.0),
+        "p99_ms": percentile_ms(&mut latencies, 99.0),
+    }))
+}
+
+/// What the callers of one contended key saw.
+#[derive(Default)]
+struct KeyRun {
+    runs: AtomicU32,
+    /// When the owner's `complete` returned, and in which instance it ran.
+    completed: OnceLock<(Instant, usize)>,
+    /// Each other caller's instance and the moment it returned.
+    returns: Mutex<Vec<(usize, Instant)>>,
+}
+
+async fn contended(
+    bench: &Arc<Bench>,
+    concurrency: usize,
+    instances: usize,
+) -> Result<Value, String> {
+    let keys = (bench.args.calls / CALLERS_PER_KEY as u64).clamp(1, 4 * concurrency as u64 + 16);
+    let before = commandstats(bench).await?;
+    let mut row = contended_bounded(bench, concurrency, instances, keys).await?;
+    let after = commandstats(bench).await?;
+    attach_commandstats(&mut row, &before, &after);
+    if let Some(keys) = row["keys"].as_u64().filter(|k| *k > 0) {
+        row["script_calls_per_key"] =
+            json!(row["script_calls_per_call"]
+                .as_f64()
+                .map(|c| c * row["calls"].as_f64().unwrap_or(0.0) / keys as f64));
+    }
+    Ok(row)
+}
+
+/// Runs `keys` contended keys, `concurrency` at a time, each with [`CALLERS_PER_KEY`]
+/// callers spread over the first `instances` services.
+async fn contended_bounded(
+    bench: &Arc<Bench>,
+    concurrency: usize,
+    instances: usize,
+    keys: u64,
+) -> Result<Value, String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(bench.args.seconds);
+    let started = Instant::now();
+    let batch = format!("{instances}-{concurrency}-{}", next_batch());
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (bench, next, errors) = (Arc::clone(bench), Arc::clone(&next), Arc::clone(&errors));
+        let batch = batch.clone();
+        workers.spawn(async move {
+            let mut runs = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= keys || Instant::now() >= deadline {
+                    return runs;
+                }
+                let key = Key::scoped("loadgen", format!("contended-{batch}-{n}"));
+                runs.push(one_key(&bench, key, instances, &errors).await);
+            }
+        });
+    }
+    let mut runs = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        runs.extend(done.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed();
+
+    let mut same = Vec::new();
+    let mut other = Vec::new();
+    let mut latencies = Vec::new();
+    let (mut min_runs, mut max_runs) = (u32::MAX, 0);
+    for (run, callers) in &runs {
+        let count = run.runs.load(Ordering::Relaxed);
+        min_runs = min_runs.min(count);
+        max_runs = max_runs.max(count);
+        latencies.extend(callers.iter().copied());
+        let Some(&(completed, owner)) = run.completed.get() else {
+            continue;
+        };
+        for &(instance, returned) in run.returns.lock().expect("not poisoned").iter() {
+            // In-process joiners are woken inside `complete`, before it returns to the owner.
+            let wake = returned.saturating_duration_since(completed);
+            if instance == owner {
+                same.push(wake);
+            } else {
+                other.push(wake);
+            }
+        }
+    }
+    let calls = latencies.len() as u64;
+    Ok(json!({
+        "scenario": if instances == 1 { "joiners" } else { "contended" },
+        "implementation": "idem",
+        "concurrency": concurrency,
+        "instances": instances,
+        "keys": runs.len(),
+        "calls": calls,
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": elapsed.as_secs_f64(),
+        "calls_per_sec": calls as f64 / elapsed.as_secs_f64(),
+        "p50_ms": percentile_ms(&mut latencies, 50.0),
+        "p99_ms": percentile_ms(&mut latencies, 99.0),
+        "body_runs_per_key_min": if runs.is_empty() { 0 } else { min_runs },
+        "body_runs_per_key_max": max_runs,
+        "wake_same_instance_p50_ms": percentile_ms(&mut same, 50.0),
+        "wake_same_instance_p99_ms": percentile_ms(&mut same, 99.0),
+        "wake_other_instance_p50_ms": percentile_ms(&mut other, 50.0),
+        "wake_other_instance_p99_ms": percentile_ms(&mut other, 99.0),
+        "waiters_same_instance": same.len(),
+        "waiters_other_instance": other.len(),
+    }))
+}
+
+fn next_batch() -> u64 {
+    static BATCH: AtomicU64 = AtomicU64::new(0);
+    BATCH.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Starts [`CALLERS_PER_KEY`] callers on `key` at once, and waits for all of them.
+async fn one_key(
+    bench: &Arc<Bench>,
+    key: Key,
+    instances: usize,
+    errors: &Arc<AtomicU64>,
+) -> (Arc<KeyRun>, Vec<Duration>) {
+    let run = Arc::new(KeyRun::default());
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..CALLERS_PER_KEY {
+        let instance = caller % instances;
+        let service = bench.services[instance].clone();
+        let (key, run, errors) = (key.clone(), Arc::clone(&run), Arc::clone(errors));
+        callers.spawn(async move {
+            let start = Instant::now();
+            if let Err(message) = contended_call(&service, &key, &run, instance).await {
+                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("contended call failed: {message}");
+                }
+            }
+            start.elapsed()
+        });
+    }
+    let mut latencies = Vec::with_capacity(CALLERS_PER_KEY);
+    while let Some(done) = callers.join_next().await {
+        if let Ok(latency) = done {
+            latencies.push(latency);
+        }
+    }
+    (run, latencies)
+}
+
+async fn contended_call(
+    service: &IdempotencyService,
+    key: &Key,
+    run: &KeyRun,
+    instance: usize,
+) -> Result<(), String> {
+    let outcome = service
+        .check_and_lock(key, &arguments(key), &CallOptions::new())
+        .await;
+    match outcome {
+        Ok(CheckOutcome::Acquired(lease)) => {
+            service
+                .keep_alive(&lease, async {
+                    run.runs.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(BODY).await;
+                })
+                .await;
+            let result = service
+                .complete(&lease, Response::ok(Body::Json(RESULT.into())))
+                .await;
+            let _ = run.completed.set((Instant::now(), instance));
+            result.map_err(|e| e.to_string())
+        }
+        Ok(CheckOutcome::Completed(_)) => {
+            let returned = Instant::now();
+            run.returns
+                .lock()
+                .expect("not poisoned")
+                .push((instance, returned));
+            Ok(())
+        }
+        Ok(other) => Err(format!("{key:?} answered {other:?}")),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Top-level requests counted by `MONITOR` while `phase` ran.
+struct Counts {
+    row: Value,
+    requests: BTreeMap<String, u64>,
+}
+
+/// Runs `phase` with a `MONITOR` connection open and counts the requests clients sent,
+/// by command name; commands that scripts run inside Redis are left out.
+async fn counted<'a, F, Fut>(bench: &'a Arc<Bench>, phase: F) -> Result<Counts, String>
+where
+    F: FnOnce(&'a Arc<Bench>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, String>>,
+{
+    let monitor = bench
+        .client
+        .get_async_monitor()
+        .await
+        .map_err(|e| format!("MONITOR: {e}"))?;
+    let mut lines = monitor.into_on_message::<String>();
+    let row = phase(bench).await?;
+
+    // The marker goes out after every request of the phase has been answered, so once the
+    // monitor shows it, it has shown all of them.
+    let marker = format!("loadgen-end-{}-{}", bench.run_id, next_batch());
+    let mut control = bench.control.clone();
+    let _: String = redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async(&mut control)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut requests = BTreeMap::new();
+    let read = async {
+        while let Some(line) = lines.next().await {
+            if line.contains(&marker) {
+                return true;
+            }
+            if let Some(command) = top_level_command(&line) {
+                *requests.entry(command).or_insert(0) += 1;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(Duration::from_secs(30), read).await {
+        Ok(true) => Ok(Counts { row, requests }),
+        _ => Err("the MONITOR stream ended before the phase's last request".to_owned()),
+    }
+}
+
+/// The command name of a `MONITOR` line sent by a client, `None` for one run by a script.
+///
+/// Lines look like `1700000000.123456 [0 127.0.0.1:50000] "evalsha" "…" …`; a command run
+/// by a script shows `lua` in place of the client's address.
+fn top_level_command(line: &str) -> Option<String> {
+    let open = line.find('[')?;
+    let close = open + line[open..].find(']')?;
+    let source = line[open + 1..close].split_whitespace().nth(1)?;
+    if source == "lua" {
+        return None;
+    }
+    let rest = &line[close + 1..];
+    let start = rest.find('"')? + 1;
+    let end = start + rest[start..].find('"')?;
+    Some(rest[start..end].to_ascii_lowercase())
+}
+
+fn attach_counts(rows: &mut [Value], scenario: &str, implementation: &str, counts: Counts) {
+    let calls = counts.row["calls"].as_f64().unwrap_or(0.0);
+    let keys = counts.row["keys"].as_f64();
+    let total: u64 = counts.requests.values().sum();
+    for row in rows
+        .iter_mut()
+        .filter(|r| r["scenario"] == scenario && r["implementation"] == implementation)
+    {
+        row["requests_per_call"] = json!(total as f64 / calls.max(1.0));
+        if let Some(keys) = keys {
+            row["requests_per_key"] = json!(total as f64 / keys.max(1.0));
+        }
+        row["requests_by_command"] = json!(counts.requests);
+        row["requests_counted_over_calls"] = json!(calls);
+    }
+}
+
+fn joiners_row(counts: Counts) -> Value {
+    let mut row = counts.row;
+    let keys = row["keys"].as_f64().unwrap_or(0.0);
+    let calls = row["calls"].as_f64().unwrap_or(0.0);
+    let total: u64 = counts.requests.values().sum();
+    row["requests_per_key"] = json!(total as f64 / keys.max(1.0));
+    row["requests_per_call"] = json!(total as f64 / calls.max(1.0));
+    row["requests_by_command"] = json!(counts.requests);
+    // Two requests per key are the owner's claim and completion; the rest were joiners'.
+    row["joiner_requests"] = json!(total.saturating_sub(2 * keys as u64));
+    row
+}
+
+async fn commandstats(bench: &Bench) -> Result<BTreeMap<String, u64>, String> {
+    let mut control = bench.control.clone();
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut control)
+        .await
+        .map_err(|e| format!("INFO commandstats: {e}"))?;
+    Ok(parse_commandstats(&text))
+}
+
+/// `cmdstat_evalsha:calls=12,usec=…` lines as a map from command name to calls.
+fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn attach_commandstats(
+    row: &mut Value,
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) {
+    let delta =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    // The control connection's own INFO is not the scenario's.
+    let all: u64 = after
+        .keys()
+        .filter(|n| *n != "info")
+        .map(|n| delta(n))
+        .sum();
+    let scripts = delta("evalsha") + delta("eval");
+    let calls = row["calls"].as_f64().unwrap_or(0.0).max(1.0);
+    row["script_calls_per_call"] = json!(scripts as f64 / calls);
+    row["commands_per_call"] = json!(all as f64 / calls);
+}
+
+fn with_ratio(mut idem: Value, floor: &Value) -> Value {
+    if let (Some(ours), Some(base)) = (
+        idem["calls_per_sec"].as_f64(),
+        floor["calls_per_sec"].as_f64(),
+    ) {
+        idem["ratio_to_floor"] = json!(ours / base);
+    }
+    idem
+}
+
+fn percentile_ms(samples: &mut [Duration], pct: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = ((pct / 100.0) * samples.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, samples.len()) - 1;
+    Some(samples[index].as_secs_f64() * 1000.0)
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_and_secret, host)) => {
+            let scheme = scheme_and_secret.split("://").next().unwrap_or("redis");
+            format!("{scheme}://…@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn print_table(rows: &[Value]) {
+    let number = |v: &Value, digits: usize| match v.as_f64() {
+        Some(x) => format!("{x:.digits$}"),
+        None => "-".to_owned(),
+    };
+    println!(
+        "{:<10} {:<6} {:>5} {:>7} {:>4} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>5}",
+        "scenario",
+        "impl",
+        "conc",
+        "calls",
+        "err",
+        "calls/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "req/call",
+        "req/key",
+        "wake p50",
+        "wake p99",
+        "runs"
+    );
+    for row in rows {
+        let wake = |which: &str| {
+            let other = number(&row[format!("wake_other_instance_{which}_ms")], 2);
+            let same = number(&row[format!("wake_same_instance_{which}_ms")], 2);
+            match row["scenario"].as_str() {
+                Some("contended") => other,
+                Some("joiners") => same,
+                _ => "-".to_owned(),
+            }
+        };
+        let runs = match (
+            row["body_runs_per_key_min"].as_u64(),
+            row["body_runs_per_key_max"].as_u64(),
+        ) {
+            (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
+            (Some(lo), Some(hi)) => format!("{lo}-{hi}"),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:<10} {:<6} {:>5} {:>7} {:>4} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>5}",
+            row["scenario"].as_str().unwrap_or("?"),
+            row["implementation"].as_str().unwrap_or("?"),
+            row["concurrency"],
+            row["calls"],
+            row["errors"],
+            number(&row["calls_per_sec"], 0),
+            number(&row["ratio_to_floor"], 2),
+            number(&row["p50_ms"], 3),
+            number(&row["p99_ms"], 3),
+            number(&row["requests_per_call"], 2),
+            number(&row["requests_per_key"], 1),
+            wake("p50"),
+            wake("p99"),
+            runs,
+        );
+    }
+    println!(
+        "wake: contended rows show callers in other instances (cross-process); joiners rows \
+         show callers in the owner's instance. req/call is counted with MONITOR over {COUNTED_CALLS} \
+         calls ({COUNTED_KEYS} keys for contended and joiners) at concurrency 1."
+    );
+}
