@@ -5,8 +5,8 @@
 //! ```
 //!
 //! It listens on `127.0.0.1:3000` (set `ADDR` to change it) and keeps its idempotency
-//! records in memory, or in Redis when `IDEM_REDIS_URL` is set
-//! (`IDEM_REDIS_URL=redis://127.0.0.1:<port>`). `RUST_LOG=idem_runtime=debug` shows every
+//! records in memory, or in Redis when `REDIS_URL` is set
+//! (`REDIS_URL=redis://127.0.0.1:<port>`). `RUST_LOG=idem_runtime=debug` shows every
 //! claim, replay and release.
 
 #[path = "axum_payments/app.rs"]
@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(EnvFilter::from_default_env())
         .init();
 
-    let service = match std::env::var("IDEM_REDIS_URL") {
+    let service = match std::env::var("REDIS_URL") {
         Ok(url) => {
             let store = RedisStore::connect(&url).await?;
             IdempotencyService::builder(store).build()?

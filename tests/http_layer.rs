@@ -947,3 +947,66 @@ async fn a_replay_emits_a_tracing_event_naming_the_key_and_scope() {
     assert_eq!(replay["scope"], "http:-:POST:/pay");
     assert_eq!(replay["status"], "201");
 }
+
+#[tokio::test]
+async fn a_service_that_panics_before_returning_its_future_releases_the_key() {
+    use tower::Layer;
+    let count = runs();
+    let inner = tower::service_fn({
+        let count = Arc::clone(&count);
+        move |_request: Request<idem::http::RequestBody>| {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("service bug before its future exists");
+            }
+            async { Ok::<_, Infallible>(Response::new(Body::from("done"))) }
+        }
+    });
+    // Without the release, the second call would wait on the 30 s lease and give up.
+    let idem = IdempotencyService::builder(MemoryStore::new())
+        .wait_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = IdempotencyLayer::new(idem).layer(inner);
+    let call = |service: &_| {
+        let service: &idem::http::IdempotencyMiddleware<_> = service;
+        service.clone().oneshot(post_json("/op", "k", "{}"))
+    };
+
+    let first = call(&service).await.unwrap();
+    let second = call(&service).await.unwrap();
+
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_long_principal_fits_a_service_with_short_keys() {
+    let service = IdempotencyService::builder(MemoryStore::new())
+        .max_key_len(40)
+        .build()
+        .unwrap();
+    let layer = IdempotencyLayer::builder(service)
+        .principal(|_: &axum::http::request::Parts| Some("user_0123456789abcdef0123".to_owned()))
+        .build()
+        .unwrap();
+    let count = runs();
+    let app = Router::new()
+        .route(
+            "/op",
+            post({
+                let count = Arc::clone(&count);
+                move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async { "done" }
+                }
+            }),
+        )
+        .route_layer(layer);
+
+    let (first, second) = twice(&app).await;
+
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(second.replayed());
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}

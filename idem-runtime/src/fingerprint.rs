@@ -155,6 +155,12 @@ use sha2::{Digest, Sha256};
 /// The version of the canonical encoding: the first byte hashed into every fingerprint.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// How deep values may nest (containers, options and newtypes each count one level). Deeper
+/// values are refused with [`FingerprintError::TooDeep`] rather than risking a stack
+/// overflow, which would abort the process. serde_json parses JSON up to 128 levels, so
+/// every value it produces fits.
+pub const MAX_DEPTH: usize = 256;
+
 /// The SHA-256 digest of a canonical encoding of a call's arguments.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
@@ -224,6 +230,14 @@ pub enum FingerprintError {
         argument: Option<&'static str>,
         /// `NaN`, `inf` or `-inf`.
         value: String,
+    },
+    /// The value nests deeper than [`MAX_DEPTH`] levels.
+    #[error("{} nests deeper than {max} levels; fingerprint a flatter value (`fingerprint = ..`) or `skip` it", where_(.argument))]
+    TooDeep {
+        /// The argument, when known.
+        argument: Option<&'static str>,
+        /// The limit, [`MAX_DEPTH`].
+        max: usize,
     },
     /// The value's `Serialize` implementation failed.
     #[error("{} failed to serialize: {message}", where_(.argument))]
@@ -422,6 +436,7 @@ mod tag {
 #[derive(Debug)]
 enum EncodeError {
     NonFiniteFloat(f64),
+    TooDeep,
     Custom(String),
 }
 
@@ -432,6 +447,10 @@ impl EncodeError {
                 argument,
                 value: value.to_string(),
             },
+            EncodeError::TooDeep => FingerprintError::TooDeep {
+                argument,
+                max: MAX_DEPTH,
+            },
             EncodeError::Custom(message) => FingerprintError::Serialize { argument, message },
         }
     }
@@ -441,6 +460,7 @@ impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EncodeError::NonFiniteFloat(value) => write!(f, "non-finite float {value}"),
+            EncodeError::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels"),
             EncodeError::Custom(message) => f.write_str(message),
         }
     }
@@ -464,6 +484,7 @@ struct Encoder {
     hasher: Sha256,
     open: Vec<Frame>,
     spare: Vec<Frame>,
+    depth: usize,
 }
 
 /// The entries of one open map, laid end to end.
@@ -492,6 +513,7 @@ impl Encoder {
             hasher,
             open: Vec::new(),
             spare: Vec::new(),
+            depth: 0,
         }
     }
 
@@ -527,6 +549,19 @@ impl Encoder {
 
     fn write_signed(&mut self, value: i128) {
         self.write_int(value < 0, value.unsigned_abs());
+    }
+
+    /// Encodes a value nested in the current one. Serde recurses through the user's types,
+    /// so an unbounded nesting (a long linked list, say) would overflow the stack and abort
+    /// the process; past [`MAX_DEPTH`] levels it is refused instead.
+    fn child<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(EncodeError::TooDeep);
+        }
+        self.depth += 1;
+        let result = value.serialize(&mut *self);
+        self.depth -= 1;
+        result
     }
 
     fn open_entries(&mut self) {
@@ -663,7 +698,7 @@ impl Serializer for &mut Encoder {
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), EncodeError> {
         self.write(&[tag::SOME]);
-        value.serialize(self)
+        self.child(value)
     }
 
     fn serialize_unit(self) -> Result<(), EncodeError> {
@@ -691,7 +726,7 @@ impl Serializer for &mut Encoder {
         _name: &'static str,
         value: &T,
     ) -> Result<(), EncodeError> {
-        value.serialize(self)
+        self.child(value)
     }
 
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -702,7 +737,7 @@ impl Serializer for &mut Encoder {
         value: &T,
     ) -> Result<(), EncodeError> {
         self.write_tagged_text(tag::NEWTYPE_VARIANT, variant.as_bytes());
-        value.serialize(self)
+        self.child(value)
     }
 
     // Sequences end with `END` rather than start with a count: serde does not always know
@@ -769,7 +804,7 @@ impl SerializeSeq for &mut Encoder {
     type Error = EncodeError;
 
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
+        (**self).child(value)
     }
 
     fn end(self) -> Result<(), EncodeError> {
@@ -783,7 +818,7 @@ impl SerializeTuple for &mut Encoder {
     type Error = EncodeError;
 
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
+        (**self).child(value)
     }
 
     fn end(self) -> Result<(), EncodeError> {
@@ -797,7 +832,7 @@ impl SerializeTupleStruct for &mut Encoder {
     type Error = EncodeError;
 
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
+        (**self).child(value)
     }
 
     fn end(self) -> Result<(), EncodeError> {
@@ -811,7 +846,7 @@ impl SerializeTupleVariant for &mut Encoder {
     type Error = EncodeError;
 
     fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)
+        (**self).child(value)
     }
 
     fn end(self) -> Result<(), EncodeError> {
@@ -825,11 +860,11 @@ impl SerializeMap for &mut Encoder {
     type Error = EncodeError;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), EncodeError> {
-        key.serialize(&mut **self)
+        (**self).child(key)
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        value.serialize(&mut **self)?;
+        (**self).child(value)?;
         self.end_entry();
         Ok(())
     }
@@ -850,7 +885,7 @@ impl SerializeStruct for &mut Encoder {
         value: &T,
     ) -> Result<(), EncodeError> {
         self.write_tagged_text(tag::STR, key.as_bytes());
-        value.serialize(&mut **self)?;
+        (**self).child(value)?;
         self.end_entry();
         Ok(())
     }
@@ -871,7 +906,7 @@ impl SerializeStructVariant for &mut Encoder {
         value: &T,
     ) -> Result<(), EncodeError> {
         self.write_tagged_text(tag::STR, key.as_bytes());
-        value.serialize(&mut **self)?;
+        (**self).child(value)?;
         self.end_entry();
         Ok(())
     }
@@ -1896,5 +1931,63 @@ mod tests {
         ) {
             prop_assert_eq!(fp(&a) == fp(&b), a == b);
         }
+    }
+
+    /// A linked list `depth` nodes long.
+    #[derive(Serialize)]
+    struct Node {
+        next: Option<Box<Node>>,
+    }
+
+    // Dropped link by link: the default, recursive drop of a long chain would overflow the
+    // test's own stack.
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let mut next = self.next.take();
+            while let Some(mut node) = next {
+                next = node.next.take();
+            }
+        }
+    }
+
+    fn chain(depth: usize) -> Node {
+        let mut node = Node { next: None };
+        for _ in 0..depth {
+            node = Node {
+                next: Some(Box::new(node)),
+            };
+        }
+        node
+    }
+
+    fn nested_seq(depth: usize) -> Value {
+        (0..depth).fold(json!(0), |inner, _| json!([inner]))
+    }
+
+    #[test]
+    fn values_nested_up_to_the_limit_are_fingerprinted() {
+        assert!(fingerprint(&nested_seq(MAX_DEPTH)).is_ok());
+        // Each node is a struct level and an option level.
+        assert!(fingerprint(&chain(MAX_DEPTH / 2 - 1)).is_ok());
+    }
+
+    #[test]
+    fn values_nested_past_the_limit_are_refused_not_overflowing_the_stack() {
+        assert_eq!(
+            fingerprint(&nested_seq(MAX_DEPTH + 1)),
+            Err(FingerprintError::TooDeep {
+                argument: None,
+                max: MAX_DEPTH
+            })
+        );
+        let mut args = Fingerprinter::new();
+        let error = args.arg("list", &chain(100_000)).map(|_| ()).unwrap_err();
+        assert_eq!(
+            error,
+            FingerprintError::TooDeep {
+                argument: Some("list"),
+                max: MAX_DEPTH
+            }
+        );
     }
 }

@@ -5,6 +5,9 @@
 
 use std::fmt;
 
+/// The longest scope, in bytes.
+pub const MAX_SCOPE_LEN: usize = 255;
+
 /// An idempotency key within a scope.
 ///
 /// The scope is a namespace: two functions that use the same key in different scopes never
@@ -42,13 +45,15 @@ impl Key {
         &self.id
     }
 
-    /// Checks the key (and its scope) against the rules, with `max_len` bytes at most.
+    /// Checks the key against the rules, with `max_len` bytes at most, and its scope with
+    /// [`MAX_SCOPE_LEN`] bytes at most. Scopes come from code (a fn's path, an HTTP route),
+    /// not from the caller, so the key's configurable limit does not apply to them.
     pub fn validate(&self, max_len: usize) -> Result<(), KeyRule> {
         if self.id.is_empty() {
             return Err(KeyRule::Empty);
         }
         check_text(&self.id, max_len)?;
-        check_text(&self.scope, max_len).map_err(|rule| KeyRule::Scope(Box::new(rule)))
+        check_text(&self.scope, MAX_SCOPE_LEN).map_err(|rule| KeyRule::Scope(Box::new(rule)))
     }
 
     /// The store key: `prefix`, then scope and key in an injective, brace-free layout.
@@ -217,6 +222,11 @@ mod tests {
             Err(KeyRule::TooLong { len: 256, max: 255 })
         );
         assert_eq!(Key::new("x".repeat(255)).validate(255), Ok(()));
+        assert_eq!(Key::scoped("s".repeat(200), "k").validate(8), Ok(()));
+        assert_eq!(
+            Key::scoped("s".repeat(256), "k").validate(255),
+            Err(KeyRule::Scope(Box::new(KeyRule::TooLong { len: 256, max: 255 })))
+        );
         assert_eq!(
             Key::scoped("s\t", "k").validate(255),
             Err(KeyRule::Scope(Box::new(KeyRule::ControlCharacter('\t'))))

@@ -89,7 +89,9 @@ impl Owner {
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        let call = catch_unwind(inner.call(request));
+        // `call` runs on the first poll, inside `catch_unwind`, so a service that panics
+        // before returning its future releases the key too.
+        let call = catch_unwind(async move { inner.call(request).await });
         let response = match keep_alive(&*self.service, &self.lease, call).await {
             Ok(Ok(response)) => response.map(ResponseBody::new),
             Ok(Err(error)) => {

@@ -7,6 +7,12 @@
 //! or any `+json` type) and that parses is compared as a JSON value, so key order and
 //! whitespace do not matter; any other body is compared as its bytes, together with its
 //! media type.
+//!
+//! A JSON body is compared as a value only when that value says everything its text says:
+//! a body with a repeated object key (parsers disagree on which one counts) or with an
+//! integer too large for a 64-bit number (it would be rounded to a float) is compared as
+//! bytes instead. Fractions are compared as the `f64` they parse to, as serde_json reads
+//! them: `0.3` and `0.30000000000000001` are the same amount.
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -100,7 +106,7 @@ pub(crate) fn request_fingerprint(
     let body = if body.is_empty() {
         BodyPrint::Empty
     } else {
-        match is_json.then(|| serde_json::from_slice(body).ok()).flatten() {
+        match is_json.then(|| exact_json(body)).flatten() {
             Some(value) => BodyPrint::Json(value),
             None => BodyPrint::Raw {
                 media_type,
@@ -115,6 +121,85 @@ pub(crate) fn request_fingerprint(
         query: parts.uri.query(),
         body,
     })
+}
+
+/// `body` as a JSON value, when the value loses nothing of the text: `None` for text that
+/// does not parse, repeats a key within an object, or holds an integer beyond 64 bits.
+fn exact_json(body: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice::<ExactJson>(body).ok().map(|v| v.0)
+}
+
+struct ExactJson(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for ExactJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ExactVisitor).map(ExactJson)
+    }
+}
+
+struct ExactVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ExactVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // serde_json hands integers beyond 64 bits over as floats, rounded: two different
+        // amounts would compare equal.
+        const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0; // 2^53
+        if v.fract() == 0.0 && v.abs() >= EXACT_INTEGERS {
+            return Err(E::custom("integer beyond 64 bits"));
+        }
+        serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(ExactJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, ExactJson(value))) = map.next_entry::<String, ExactJson>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom("repeated object key"));
+            }
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
 }
 
 #[cfg(test)]
@@ -173,5 +258,26 @@ mod tests {
         let base = print("/r/1", "application/json", "{}");
         assert_ne!(base, print("/r/2", "application/json", "{}"));
         assert_ne!(base, print("/r/1?dry_run=true", "application/json", "{}"));
+    }
+
+    #[test]
+    fn json_that_a_value_would_flatten_is_compared_as_bytes() {
+        let json = "application/json";
+        // Integers beyond 64 bits would round to the same float.
+        assert_ne!(
+            print("/r", json, r#"{"amount":18446744073709551616}"#),
+            print("/r", json, r#"{"amount":18446744073709551617}"#)
+        );
+        // A repeated key: one parser keeps the first, another the last.
+        assert_ne!(
+            print("/r", json, r#"{"to":"bob","to":"eve"}"#),
+            print("/r", json, r#"{"to":"eve"}"#)
+        );
+        // Ordinary bodies still compare as values.
+        assert_eq!(
+            print("/r", json, r#"{"a":1,"b":[2.5,-3]}"#),
+            print("/r", json, r#"{ "b":[2.5,-3], "a":1 }"#)
+        );
+        assert!(exact_json(br#"{"n":9007199254740991}"#).is_some());
     }
 }
