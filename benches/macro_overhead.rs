@@ -66,8 +66,13 @@ impl Shop {
 
     /// What `charge` does, written out against the service.
     async fn charge_by_hand(&self, order: &str, amount_cents: u64) -> Result<Receipt, ChargeError> {
-        // The scope the attribute derives: the module path and the fn name.
-        let key = Key::scoped(concat!(module_path!(), "::charge"), order);
+        // The scope the attribute derives for a method: module path, fn name and type.
+        let scope = format!(
+            "{}::charge@{}",
+            module_path!(),
+            std::any::type_name::<Self>()
+        );
+        let key = Key::scoped(scope, order);
         let mut args = Fingerprinter::new();
         args.arg("order", order)
             .and_then(|a| a.arg("amount_cents", &amount_cents))

@@ -2,6 +2,41 @@
 //! body and stores its result; later and concurrent calls with that key get the stored
 //! result; a key reused with different arguments is refused.
 //!
+//! # Getting started
+//!
+//! In `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! idem = "0.1"
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! The features are `redis` (on by default: the Redis store, [`store::redis`]), `tower` (an
+//! HTTP layer honouring the `Idempotency-Key` header) and `axum` (the same for axum, which
+//! turns on `tower`). Without `redis` (`default-features = false`) only the in-memory store
+//! is built.
+//!
+//! At start-up, connect the store, build the service and install it for every
+//! `#[idempotent]` fn that names no `service`:
+//!
+//! ```no_run
+//! use idem::store::redis::RedisStore;
+//! use idem::IdempotencyService;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+//!     let service = IdempotencyService::builder(store).build()?;
+//!     idem::global::install(service)?;
+//!
+//!     // ... run the application; annotated fns now dedupe across every process that
+//!     // shares this Redis.
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Quick start
 //!
 //! ```
@@ -44,7 +79,7 @@
 //!
 //! ```text
 //! let call = Call { service, scope, key, fingerprint: fingerprint(&arg1, &arg2, ..), options };
-//! __private::run(call, on_error, async move { /* the original body */ }).await
+//! __private::run(call, ops::<ReturnType, OnErrorMode>(), async move { /* the original body */ }).await
 //! ```
 //!
 //! The arguments are borrowed for the fingerprint and the key before the body receives
@@ -69,9 +104,9 @@
 //!   [`Error::FingerprintMismatch`] and the body does not run.
 //! - **The caller gets the body's result.** Once the body has returned, its caller gets
 //!   exactly that value, even when storing it fails (the failure is logged with the key).
-//! - **Storing is not tied to the caller.** The outcome is stored on a task of its own, so
-//!   a caller dropped after the body returned (a timeout, a client hanging up) does not
-//!   keep the result from being stored.
+//! - **Storing is not tied to the caller.** A caller dropped after the body returned (a
+//!   timeout, a client hanging up) does not keep the result from being stored: the store
+//!   step then finishes on a task of its own.
 //! - **Unstorable results are never re-run.** A result that does not serialize, or is
 //!   larger than the service's `max_response_bytes`, is recorded as not replayable: the
 //!   first caller gets its value, later calls get [`Error::NotReplayable`], and the body
@@ -99,6 +134,7 @@
 //! | `key = <expr>` | the key: any expression over the arguments whose value implements `Display` (a string, a number, `format!(..)`) | derived from the fingerprint: identical calls dedupe |
 //! | `scope = "name"` | the namespace of the records | the module path plus the fn name |
 //! | `ttl = 86400` or `ttl = <Duration expr>` | how long a finished record is kept | the service's (24 h) |
+//! | `failure_ttl = ..` | how long a recorded error is kept (with `on_error = "record"` or `"classify"`) | the service's (24 h) |
 //! | `lock_timeout = ..` | the lease; renewed while the body runs | the service's (30 s) |
 //! | `wait_timeout = ..` | how long a call waits for another owner | the service's (60 s) |
 //! | `skip(a, b)` | arguments left out of the fingerprint | none; receivers are always left out |
@@ -109,12 +145,26 @@
 //! | `crate = "path"` | where idem is, when renamed or re-exported | `::idem` |
 //!
 //! Durations written as integers are whole seconds, checked at compile time: `ttl = 0`,
-//! negative numbers, fractions and strings such as `"1d"` are refused there. A `Duration`
-//! expression is checked when the call runs ([`Error::Options`]).
+//! negative numbers, fractions, strings such as `"1d"` and units such as `24h` or `500ms`
+//! are refused there, with what to write instead (`ttl = 86400`,
+//! `lock_timeout = std::time::Duration::from_millis(500)`); an integer type suffix
+//! (`86400u64`) is accepted. A `Duration` expression is checked when the call runs
+//! ([`Error::Options`]). `failure_ttl` without `on_error = "record"` or `"classify"` is a
+//! compile error, since such a fn records no error.
 //!
-//! The default scope is `module::path::fn_name`, so two fns that use the same key never
-//! share a record. It changes when the fn is renamed or moved to another module, which
-//! orphans its records: give long-lived fns an explicit `scope`.
+//! The default scope is `module::path::fn_name` for a free fn, and
+//! `module::path::fn_name@<type of Self>` for a method (any fn with a `self` receiver),
+//! the type as [`std::any::type_name`] writes it (`shop::Stripe::charge` on `shop::Stripe`
+//! has the scope `shop::charge@shop::Stripe`). So two fns that use the same key never share
+//! a record, nor do two types' methods of one name in one module. A type name that would
+//! make the scope longer than [`MAX_SCOPE_LEN`] is cut, with a hash of the whole name.
+//!
+//! The default scope changes when the fn or its type is renamed or moved to another
+//! module, which orphans its records; and `type_name`'s output is not guaranteed to stay
+//! the same across compiler versions, so a toolchain update could in principle do the
+//! same to a method's records. Give fns whose records must outlive a deploy (long `ttl`,
+//! recorded errors) an explicit `scope`. Associated fns without a receiver cannot name
+//! `Self` for the attribute and keep `module::path::fn_name`.
 //!
 //! # Return type and errors
 //!
@@ -185,9 +235,15 @@
 //!
 //! Without `service = ..`, fns use the process-wide service: install it once at start-up
 //! with [`global::install`]. If none was installed when the first call runs, an in-memory
-//! service takes its place, with a one-time warning: it dedupes within one process only.
-//! With `service = self.service` (or any expression), each call uses that service; tests
-//! can pass an `Arc` of their own [`Idempotency`] implementation.
+//! service takes its place: it dedupes within one process only. The one-time warning about
+//! it is a `tracing` event at `warn` level, so it is invisible unless the application
+//! installs a subscriber (`tracing-subscriber`, say).
+//!
+//! With `service = self.service` (or any expression), each call uses that service. Tests
+//! can pass an `Arc` of their own [`Idempotency`] implementation: the trait is declared
+//! with `#[async_trait]`, so a mock needs the `async-trait` crate to implement it, and
+//! [`Lease::detached`] makes the lease a mock's `check_and_lock` hands out as
+//! [`CheckOutcome::Acquired`].
 //!
 //! # Methods, generics and `#[async_trait]`
 //!
@@ -246,8 +302,24 @@
 //!       Ok(id)
 //!   }
 //!   ```
-//! - **Default scopes of methods.** Two methods of the same name in one module share the
-//!   default scope (the attribute cannot see the impl's type); give one a `scope`.
+//! - **Sets are fingerprinted in iteration order.** serde serializes a `HashSet` as a
+//!   sequence, so two equal sets that iterate differently give two fingerprints, and a
+//!   retry can be refused as a mismatch. Use a `BTreeSet`, or mark the field
+//!   `#[serde(serialize_with = "idem::fingerprint::sorted_set")]` (and pass a set argument
+//!   as [`fingerprint::SortedSet`] through `fingerprint = ..`).
+//! - **Numbers keep their JSON type.** `1.0` and `1` are different values to the
+//!   fingerprint (a float and an integer), so a client that sends `"amount": 1.0` on one
+//!   attempt and `"amount": 1` on the next gets a mismatch when the argument is a
+//!   `serde_json::Value`; deserialize into a typed struct first:
+//!
+//!   ```
+//!   let float: serde_json::Value = serde_json::from_str("1.0").unwrap();
+//!   let integer: serde_json::Value = serde_json::from_str("1").unwrap();
+//!   assert_ne!(
+//!       idem::fingerprint::fingerprint(&float).unwrap(),
+//!       idem::fingerprint::fingerprint(&integer).unwrap()
+//!   );
+//!   ```
 //! - **Reentrancy is tracked per task.** A same-key call from a task spawned inside the
 //!   body is not recognised as reentrant; it waits for the body like any other caller and
 //!   ends with [`Error::WaitTimeout`] if the body waits for it in turn.

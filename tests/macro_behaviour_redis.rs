@@ -55,6 +55,7 @@ on_redis!(
     classified_errors_release_or_record_by_variant,
     early_exits_store_their_outcome,
     two_fns_with_one_key_do_not_share_a_record,
+    methods_of_one_name_on_two_types_do_not_share_a_record,
     fifty_concurrent_calls_run_the_body_once,
     a_call_from_inside_its_own_body_is_refused,
     an_oversized_result_reaches_its_caller_and_is_not_run_again,

@@ -4,6 +4,8 @@
 mod redis_calls;
 #[path = "support/redis_harness.rs"]
 mod redis_harness;
+#[path = "support/redis_monitor.rs"]
+mod redis_monitor;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,13 +15,15 @@ use std::time::Duration;
 use idem::{CallOptions, IdempotencyService, Key};
 use redis_calls::{call, fp, service, store, Call};
 use redis_harness::RedisServer;
+use redis_monitor::Requests;
 
-/// Top-level script calls since the last reset. `INFO commandstats` also counts the
-/// commands scripts run (`hgetall`, `hset`, `time`...), so only `evalsha` and `eval`
-/// are requests from a client; the store sends nothing else on these paths.
-fn script_calls(server: &RedisServer) -> u64 {
-    let stats = server.command_calls();
-    stats.get("evalsha").copied().unwrap_or(0) + stats.get("eval").copied().unwrap_or(0)
+/// The claims and script calls clients sent since the last look (`MONITOR` leaves out the
+/// commands scripts run); subscriptions are not counted.
+async fn round_trips(requests: &mut Requests) -> u64 {
+    let sent = requests.take().await;
+    sent.iter()
+        .filter(|c| ["set", "evalsha", "eval"].contains(&c.as_str()))
+        .count() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,15 +41,13 @@ async fn a_fresh_call_costs_two_round_trips_and_a_replay_one() {
     .await
     .unwrap();
 
-    server.reset_stats();
+    let mut requests = Requests::watch(&server).await;
     let fresh = call(&a, &Key::new("k1"), &fp(1), &opts, async { "v".to_owned() }).await;
-    let fresh_trips = script_calls(&server);
-    server.reset_stats();
+    let fresh_trips = round_trips(&mut requests).await;
     let replay = call(&b, &Key::new("k1"), &fp(1), &opts, async { "x".to_owned() }).await;
-    let replay_trips = script_calls(&server);
+    let replay_trips = round_trips(&mut requests).await;
 
     // A duplicate in the same process joins the owner's claim and asks Redis nothing.
-    server.reset_stats();
     let key = Key::new("k2");
     let slow = || async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -55,17 +57,16 @@ async fn a_fresh_call_costs_two_round_trips_and_a_replay_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         call(&a, &key, &one, &opts, slow()).await
     });
-    let same_process_trips = script_calls(&server);
+    let same_process_trips = round_trips(&mut requests).await;
 
-    // A duplicate in another process claims, finds the key busy, and claims again after
-    // growing pauses until it finds the result.
-    server.reset_stats();
+    // A duplicate in another process claims, finds the key busy, waits for the owner's
+    // completion to be published, and claims again.
     let key = Key::new("k3");
     let (owner3, other) = tokio::join!(call(&a, &key, &one, &opts, slow()), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         call(&b, &key, &one, &opts, slow()).await
     });
-    let other_process_trips = script_calls(&server);
+    let other_process_trips = round_trips(&mut requests).await;
 
     println!(
         "round trips: fresh {fresh_trips}, replay {replay_trips}, \

@@ -1,5 +1,6 @@
 //! What is particular to the Redis store: the record layout an operator reads with
-//! `redis-cli`, records of an unknown format version, and the eviction-policy check.
+//! `redis-cli GET`, records of an unknown format version or of the old hash layout, and the
+//! eviction-policy check.
 
 #[path = "support/redis_calls.rs"]
 mod redis_calls;
@@ -17,12 +18,13 @@ use redis_harness::RedisServer;
 
 const KEY: &str = "idem-test:{0::order-7}";
 
-fn hgetall(server: &RedisServer, key: &str) -> HashMap<String, String> {
-    server.cmd(&["HGETALL", key])
+fn get(server: &RedisServer, key: &str) -> String {
+    let value: Vec<u8> = server.cmd(&["GET", key]);
+    String::from_utf8(value).expect("these records are UTF-8")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_are_hashes_an_operator_can_read() {
+async fn records_are_strings_an_operator_can_read() {
     let server = RedisServer::start();
     let store = store(&server.url()).await;
     let token = Token::from_stored("owner-1");
@@ -41,7 +43,7 @@ async fn records_are_hashes_an_operator_can_read() {
     else {
         panic!("a fresh key is acquired");
     };
-    let processing = hgetall(&server, KEY);
+    let processing = get(&server, KEY);
     let processing_pttl: i64 = server.cmd(&["PTTL", KEY]);
     let response = Response::new(201, Body::json(&"ok").unwrap()).with_header("Location", "/o/7");
     let ttl = Duration::from_secs(60);
@@ -49,35 +51,37 @@ async fn records_are_hashes_an_operator_can_read() {
         .complete(KEY, &token, &Finish::Completed(response), ttl)
         .await
         .unwrap();
-    let completed = hgetall(&server, KEY);
+    let completed = get(&server, KEY);
     let completed_pttl: i64 = server.cmd(&["PTTL", KEY]);
 
-    let mut names: Vec<&str> = processing.keys().map(String::as_str).collect();
-    names.sort();
-    assert_eq!(names, ["fence", "fp", "lu", "sa", "st", "tok", "v"]);
-    assert_eq!(processing["v"], "1");
-    assert_eq!(processing["st"], "processing");
-    assert_eq!(processing["fp"], "ab".repeat(32));
-    assert_eq!(processing["tok"], "owner-1");
-    assert_eq!(processing["fence"], fence.to_string());
-    assert_eq!(processing["lu"], lease_until.to_string());
-    // Kept one lease past the lease's end: between one and two leases from now.
+    let fp = "ab".repeat(32);
+    let started_at = lease_until - 2000;
+    assert_eq!(
+        processing,
+        format!("idem2 st=processing fp={fp} tok=owner-1 fence={fence} sa={started_at} ls=2000\n")
+    );
+    // Two leases: the lease, then one more so a takeover sees whose claim it replaces.
     assert!(
-        (1000..=4000).contains(&processing_pttl),
+        (3000..=4000).contains(&processing_pttl),
         "{processing_pttl}"
     );
 
-    let mut names: Vec<&str> = completed.keys().map(String::as_str).collect();
-    names.sort();
+    let (header, payload) = completed.split_once('\n').expect("a header line");
+    let fields: Vec<&str> = header.split(' ').collect();
     assert_eq!(
-        names,
-        ["body", "bt", "ca", "code", "fence", "fp", "hdr", "sa", "st", "tok", "v"]
+        fields[..6],
+        [
+            "idem2",
+            "st=completed",
+            &format!("fp={fp}"),
+            "tok=owner-1",
+            &format!("fence={fence}"),
+            &format!("sa={started_at}"),
+        ]
     );
-    assert_eq!(completed["st"], "completed");
-    assert_eq!(completed["code"], "201");
-    assert_eq!(completed["bt"], "json");
-    assert_eq!(completed["body"], "\"ok\"");
-    assert_eq!(completed["hdr"], r#"[["Location","/o/7"]]"#);
+    assert!(fields[6].starts_with("ca="), "{header}");
+    assert_eq!(fields[7..], ["code=201", "hl=21"]);
+    assert_eq!(payload, r#"[["Location","/o/7"]]"ok""#);
     assert!(
         (59_000..=60_000).contains(&completed_pttl),
         "{completed_pttl}"
@@ -85,13 +89,10 @@ async fn records_are_hashes_an_operator_can_read() {
     server.assert_every_key_expires();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_of_an_unknown_format_version_is_corrupt_on_every_path() {
-    let server = RedisServer::start();
-    let store = store(&server.url()).await;
+/// Every store operation on the record under [`KEY`], and whether each reported it as
+/// corrupt (with the text it must contain, when given).
+async fn every_path_reports_corrupt(store: &RedisStore, claim_says: &str, get_says: &str) {
     let token = Token::from_stored("owner-1");
-    let _: i64 = server.cmd(&["HSET", KEY, "v", "9", "st", "processing", "tok", "owner-1"]);
-    let _: i64 = server.cmd(&["PEXPIRE", KEY, "60000"]);
     let claim = Claim {
         key: KEY,
         fingerprint: &fp(1),
@@ -113,21 +114,49 @@ async fn a_record_of_an_unknown_format_version_is_corrupt_on_every_path() {
     for (what, corrupt) in [
         (
             "claim",
-            matches!(&claimed, Err(StoreError::Corrupt(m)) if m.contains("format version 9")),
+            matches!(&claimed, Err(StoreError::Corrupt(m)) if m.contains(claim_says)),
         ),
         ("complete", matches!(completed, Err(StoreError::Corrupt(_)))),
         ("renew", matches!(renewed, Err(StoreError::Corrupt(_)))),
         ("release", matches!(released, Err(StoreError::Corrupt(_)))),
         (
             "get",
-            matches!(&read, Err(StoreError::Corrupt(m)) if m.contains("\"9\"")),
+            matches!(&read, Err(StoreError::Corrupt(m)) if m.contains(get_says)),
         ),
         ("delete", matches!(deleted, Err(StoreError::Corrupt(_)))),
     ] {
         assert!(corrupt, "{what} did not report the record as corrupt");
     }
-    let untouched: HashMap<String, String> = hgetall(&server, KEY);
-    assert_eq!(untouched["v"], "9", "nothing overwrote the record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_an_unknown_format_version_is_corrupt_on_every_path() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let planted = "idem9 st=processing tok=owner-1\n";
+    let _: String = server.cmd(&["SET", KEY, planted, "PX", "60000"]);
+
+    every_path_reports_corrupt(&store, "format version \"9\"", "\"9\"").await;
+
+    assert_eq!(get(&server, KEY), planted, "nothing overwrote the record");
+    assert_eq!(
+        store.delete(KEY, true).await.unwrap(),
+        idem::DeleteReply::Deleted,
+        "a forced delete clears it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_record_of_format_version_one_is_corrupt_on_every_path() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let _: i64 = server.cmd(&["HSET", KEY, "v", "1", "st", "processing", "tok", "owner-1"]);
+    let _: i64 = server.cmd(&["PEXPIRE", KEY, "60000"]);
+
+    every_path_reports_corrupt(&store, "format version 1", "format version 1").await;
+
+    let untouched: HashMap<String, String> = server.cmd(&["HGETALL", KEY]);
+    assert_eq!(untouched["v"], "1", "nothing overwrote the record");
     assert_eq!(
         store.delete(KEY, true).await.unwrap(),
         idem::DeleteReply::Deleted,

@@ -32,13 +32,20 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let function = validate::function(&item_fn, &mut errors);
     let options = raw.map(|raw| validate::options(raw, function.as_ref(), &mut errors));
     if let Err(error) = errors.finish() {
-        return unchanged(item, error);
+        return rejected(item_fn, error);
     }
     let (Some(options), Some(function)) = (options, function) else {
         unreachable!("options and fn are checked whenever no error was collected")
     };
     rewrite(&mut item_fn, options, &function);
     item_fn.into_token_stream()
+}
+
+/// The fn as written plus the errors. Arguments that only the attribute used (in `key`,
+/// say) would otherwise be reported as unused on top of the real mistake.
+fn rejected(mut item: ItemFn, error: syn::Error) -> TokenStream {
+    item.attrs.push(parse_quote!(#[allow(unused_variables)]));
+    unchanged(item.into_token_stream(), error)
 }
 
 fn unchanged(item: TokenStream, error: syn::Error) -> TokenStream {
@@ -72,17 +79,21 @@ fn rewrite(item: &mut ItemFn, options: Options, function: &Function) {
     let ret = &function.ret;
     let policy = policy(&private, options.on_error, ret);
 
-    // The call is spanned at the return type: that is where a return type that cannot be
-    // stored or an error type that cannot be recorded is reported.
+    // The calls are spanned at the return type, which `ops` also names as written: that is
+    // where a return type that cannot be stored or an error type that cannot be recorded is
+    // reported, with the message of the missing trait.
     let span = ret.span();
-    let run = respan(quote!(#private::run), span);
+    let run = turbofish(quote!(#private::run), ret, quote!(_), span);
+    let ops = turbofish(quote!(#private::ops), ret, policy, span);
+    let no_args = respan(quote!(()), span);
+    let ops = quote!(#ops #no_args);
     let dot_await = respan(quote!(.await), span);
     let body = |stmts: &[syn::Stmt]| -> TokenStream {
         let anchor = return_anchor(ret);
         let mut args = Group::new(
             Delimiter::Parenthesis,
             quote! {
-                #call_ident, #policy, async move {
+                #call_ident, #ops, async move {
                     #anchor
                     #(#stmts)*
                 }
@@ -91,7 +102,7 @@ fn rewrite(item: &mut ItemFn, options: Options, function: &Function) {
         args.set_span(span);
         quote! {
             #call
-            #run::<#ret, _, _> #args #dot_await
+            #run #args #dot_await
         }
     };
     match function.shape {
@@ -124,10 +135,17 @@ fn call(
         None => quote!(#private::global()),
     };
     let scope = match &options.scope {
-        Some(scope) => scope.to_token_stream(),
+        Some(scope) => quote!(#private::scope(#scope)),
         None => {
             let name = LitStr::new(&fn_name.to_string(), fn_name.span());
-            quote!(::core::concat!(::core::module_path!(), "::", #name))
+            let path = quote!(::core::concat!(::core::module_path!(), "::", #name));
+            // Methods of one name on two types in one module would otherwise share their
+            // records; the attribute cannot see the impl, but `Self` names its type.
+            if function.receiver {
+                quote!(#private::method_scope::<Self>(#path))
+            } else {
+                quote!(#private::scope(#path))
+            }
         }
     };
     let key = match &options.key {
@@ -167,6 +185,7 @@ fn call_options(private: &TokenStream, options: &Options) -> TokenStream {
     let mut out = quote!(#private::CallOptions::new());
     let durations = [
         ("ttl", &options.ttl),
+        ("failure_ttl", &options.failure_ttl),
         ("lock_timeout", &options.lock_timeout),
         ("wait_timeout", &options.wait_timeout),
     ];
@@ -188,6 +207,14 @@ fn call_options(private: &TokenStream, options: &Options) -> TokenStream {
         out = quote!(#out.validate_fingerprint(#flag));
     }
     out
+}
+
+/// `path::<ret, rest>` with every token but those of `ret` spanned at `span`; `ret` keeps
+/// its own, so that a bound it fails is reported at the whole type as written.
+fn turbofish(path: TokenStream, ret: &Type, rest: TokenStream, span: Span) -> TokenStream {
+    let open = respan(quote!(#path::<), span);
+    let close = respan(quote!(, #rest>), span);
+    quote!(#open #ret #close)
 }
 
 /// The `on_error` policy, spanned at the return type so that an error type that cannot be
@@ -251,6 +278,7 @@ mod tests {
         let attr = quote!(
             key = format!("pay:{}", req.order_id),
             ttl = 86400,
+            failure_ttl = 600,
             service = self.service,
             skip(trace),
             on_error = "record"
@@ -292,8 +320,34 @@ mod tests {
             }
         );
         let out = expand(quote!(kee = id), item).to_string();
-        assert!(out.starts_with("async fn charge"), "{out}");
+        assert!(
+            out.starts_with("# [allow (unused_variables)] async fn charge"),
+            "{out}"
+        );
         assert!(out.contains("compile_error"), "{out}");
         assert!(out.contains("did you mean `key`?"), "{out}");
+    }
+
+    #[test]
+    fn a_methods_default_scope_names_self_and_a_free_fns_does_not() {
+        let method = quote!(
+            async fn charge(&self, id: String) -> Result<u64, E> {
+                Ok(1)
+            }
+        );
+        let free = quote!(
+            async fn charge(id: String) -> Result<u64, E> {
+                Ok(1)
+            }
+        );
+        let method = expand(quote!(key = id), method).to_string();
+        let free = expand(quote!(key = id), free).to_string();
+
+        assert!(method.contains("scope : :: idem :: __private :: method_scope :: < Self > ("));
+        assert!(
+            free.contains("scope : :: idem :: __private :: scope ("),
+            "{free}"
+        );
+        assert!(!free.contains("Self"), "{free}");
     }
 }

@@ -8,17 +8,18 @@
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{
-    Block, Expr, ExprAsync, ExprCall, FnArg, GenericArgument, Ident, ItemFn, Lit, LitBool, LitStr,
-    Pat, Path, PathArguments, ReturnType, Stmt, Type, TypeParamBound, UnOp,
+    Block, Expr, ExprAsync, ExprCall, FnArg, GenericArgument, Ident, ItemFn, Lit, LitBool, LitInt,
+    LitStr, Pat, Path, PathArguments, ReturnType, Stmt, Type, TypeParamBound, UnOp,
 };
 
 use crate::parse::{RawOption, RawOptions, RawValue};
 
 /// The options `#[idempotent]` accepts, in the order the docs list them.
-const OPTIONS: [&str; 11] = [
+const OPTIONS: [&str; 12] = [
     "key",
     "scope",
     "ttl",
+    "failure_ttl",
     "lock_timeout",
     "wait_timeout",
     "skip",
@@ -41,6 +42,10 @@ pub struct Options {
     pub scope: Option<LitStr>,
     /// `ttl = ..`.
     pub ttl: Option<DurationValue>,
+    /// `failure_ttl = ..`.
+    pub failure_ttl: Option<DurationValue>,
+    /// Where `failure_ttl` is named, for the error when nothing is recorded.
+    failure_ttl_name: Option<Span>,
     /// `lock_timeout = ..`.
     pub lock_timeout: Option<DurationValue>,
     /// `wait_timeout = ..`.
@@ -86,6 +91,8 @@ pub struct Function {
     pub ret: Type,
     /// The argument bindings that are fingerprinted unless skipped, in order.
     pub params: Vec<Ident>,
+    /// Whether the fn takes `self` in some form, so that `Self` names its type.
+    pub receiver: bool,
 }
 
 /// Where the body to run once is.
@@ -144,6 +151,19 @@ pub fn options(raw: RawOptions, function: Option<&Function>, errors: &mut Errors
             "`skip` has no effect with `fingerprint = ..`, which replaces the arguments; remove one",
         );
     }
+    if let Some(name) = options.failure_ttl_name {
+        let records = matches!(
+            options.on_error,
+            Some((ErrorMode::Record | ErrorMode::Classify, _))
+        );
+        if !records {
+            errors.at(
+                name,
+                "`failure_ttl` is how long a recorded error is kept, and this fn records no \
+                 error: add `on_error = \"record\"` (or `\"classify\"`), or remove `failure_ttl`",
+            );
+        }
+    }
     if let Some(function) = function {
         check_skip(&options.skip, function, errors);
     }
@@ -177,6 +197,10 @@ fn one_option(options: &mut Options, option: RawOption, errors: &mut Errors) {
         "fingerprint" => options.fingerprint = Some(expr),
         "service" => options.service = Some(expr),
         "ttl" => options.ttl = duration("ttl", expr, errors),
+        "failure_ttl" => {
+            options.failure_ttl_name = Some(name.span());
+            options.failure_ttl = duration("failure_ttl", expr, errors);
+        }
         "lock_timeout" => options.lock_timeout = duration("lock_timeout", expr, errors),
         "wait_timeout" => options.wait_timeout = duration("wait_timeout", expr, errors),
         "scope" => options.scope = scope(expr, errors),
@@ -241,6 +265,10 @@ fn duration(name: &str, expr: Expr, errors: &mut Errors) -> Option<DurationValue
     match &expr {
         Expr::Lit(literal) => match &literal.lit {
             Lit::Int(int) => {
+                if let Some(message) = unit_suffix(name, int) {
+                    errors.at(int.span(), message);
+                    return None;
+                }
                 let Ok(seconds) = int.base10_parse::<u64>() else {
                     errors.at(int.span(), format!("`{name}` is too large; {hint}"));
                     return None;
@@ -292,6 +320,59 @@ fn duration(name: &str, expr: Expr, errors: &mut Errors) -> Option<DurationValue
         }
         _ => Some(DurationValue::Expr(expr)),
     }
+}
+
+/// Why an integer's suffix is refused, if it is: a plain integer type (`86400u64`) is
+/// still a number of seconds, but a unit (`24h`, `500ms`) is not something Rust or idem
+/// reads, and ignoring it would silently change the duration.
+fn unit_suffix(name: &str, int: &LitInt) -> Option<String> {
+    const INTEGER_TYPES: [&str; 12] = [
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    ];
+    let suffix = int.suffix();
+    if suffix.is_empty() || INTEGER_TYPES.contains(&suffix) {
+        return None;
+    }
+    let digits = int.base10_digits();
+    let seconds_per_unit = match suffix {
+        "s" | "sec" | "secs" | "second" | "seconds" => Some(1),
+        "m" | "min" | "mins" | "minute" | "minutes" => Some(60),
+        "h" | "hr" | "hrs" | "hour" | "hours" => Some(3600),
+        "d" | "day" | "days" => Some(24 * 3600),
+        "w" | "week" | "weeks" => Some(7 * 24 * 3600),
+        _ => None,
+    };
+    let instead = match (suffix, seconds_per_unit) {
+        ("ms" | "millis", _) => {
+            format!("write `{name} = std::time::Duration::from_millis({digits})`")
+        }
+        (_, Some(1)) => format!(
+            "write `{name} = {digits}` or `{name} = std::time::Duration::from_secs({digits})`"
+        ),
+        (_, Some(per_unit)) => {
+            let total = digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|count| count.checked_mul(per_unit));
+            match total {
+                Some(total) => format!(
+                    "write `{name} = {total}` or `{name} = \
+                     std::time::Duration::from_secs({digits} * {per_unit})`"
+                ),
+                None => format!(
+                    "write `{name} = std::time::Duration::from_secs({digits} * {per_unit})`"
+                ),
+            }
+        }
+        (_, None) => format!(
+            "write whole seconds (`{name} = 86400`) or a `Duration` expression \
+             (`{name} = std::time::Duration::from_secs(24 * 3600)`)"
+        ),
+    };
+    Some(format!(
+        "`{name}` takes whole seconds or a `Duration`, not a number with the unit `{suffix}`; \
+         {instead}"
+    ))
 }
 
 fn scope(expr: Expr, errors: &mut Errors) -> Option<LitStr> {
@@ -447,12 +528,19 @@ pub fn function(item: &ItemFn, errors: &mut Errors) -> Option<Function> {
         return None;
     }
     let mut params = Vec::new();
+    let mut receiver = false;
     for input in &sig.inputs {
-        if let FnArg::Typed(typed) = input {
-            bindings(&typed.pat, &mut params);
+        match input {
+            FnArg::Typed(typed) => bindings(&typed.pat, &mut params),
+            FnArg::Receiver(_) => receiver = true,
         }
     }
-    Some(Function { shape, ret, params })
+    Some(Function {
+        shape,
+        ret,
+        params,
+        receiver,
+    })
 }
 
 fn declared_return(output: &ReturnType, sig: Span, errors: &mut Errors) -> Option<Type> {
@@ -592,6 +680,32 @@ mod tests {
         assert_eq!(closest("tll", &OPTIONS), Some("ttl"));
         assert_eq!(closest("lock_timout", &OPTIONS), Some("lock_timeout"));
         assert_eq!(closest("frobnicate", &OPTIONS), None);
+    }
+
+    #[test]
+    fn unit_suffixes_are_refused_with_what_to_write() {
+        let refusal = |literal: &str| unit_suffix("ttl", &syn::parse_str(literal).unwrap());
+        assert_eq!(
+            refusal("24h").unwrap(),
+            "`ttl` takes whole seconds or a `Duration`, not a number with the unit `h`; \
+             write `ttl = 86400` or `ttl = std::time::Duration::from_secs(24 * 3600)`"
+        );
+        assert_eq!(
+            refusal("500ms").unwrap(),
+            "`ttl` takes whole seconds or a `Duration`, not a number with the unit `ms`; \
+             write `ttl = std::time::Duration::from_millis(500)`"
+        );
+        assert!(refusal("99999999999999999999d").unwrap().ends_with(
+            "write `ttl = std::time::Duration::from_secs(99999999999999999999 * 86400)`"
+        ));
+    }
+
+    #[test]
+    fn plain_and_integer_typed_literals_are_seconds() {
+        for literal in ["86400", "86400u64", "30u32", "1_000usize"] {
+            let int: LitInt = syn::parse_str(literal).unwrap();
+            assert_eq!(unit_suffix("ttl", &int), None, "{literal}");
+        }
     }
 
     #[test]

@@ -1713,7 +1713,10 @@ mod tests {
         }
     }
 
-    fn webhook_payloads() -> Vec<(PathBuf, Value)> {
+    /// Every payload beside the checkout, sorted by path. On CI (`CI` set) the payloads
+    /// must be there; elsewhere a missing directory is reported on stderr and gives `None`,
+    /// and the test using it returns.
+    fn webhook_payloads() -> Option<Vec<(PathBuf, Value)>> {
         fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
             let entries = std::fs::read_dir(dir)
                 .unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()));
@@ -1729,12 +1732,25 @@ mod tests {
 
         let root =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/github-webhook-payloads");
+        if !root.is_dir() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the webhook payloads are expected at {} on CI",
+                root.display()
+            );
+            eprintln!(
+                "note: skipping a webhook-payload test: {} is absent (it is required when `CI` \
+                 is set)",
+                root.display()
+            );
+            return None;
+        }
         let mut paths = Vec::new();
         collect(&root, &mut paths);
         paths.sort();
         assert!(!paths.is_empty(), "no payloads under {}", root.display());
 
-        paths
+        let payloads = paths
             .into_iter()
             .map(|path| {
                 let text = std::fs::read_to_string(&path).unwrap();
@@ -1742,13 +1758,17 @@ mod tests {
                     .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
                 (path, value)
             })
-            .collect()
+            .collect();
+        Some(payloads)
     }
 
     #[test]
     fn webhook_payloads_fingerprint_the_same_with_their_keys_reversed() {
+        let Some(payloads) = webhook_payloads() else {
+            return;
+        };
         let mut reordered = 0;
-        for (path, payload) in webhook_payloads() {
+        for (path, payload) in payloads {
             let forward = serde_json::to_string(&payload).unwrap();
             let backward = serde_json::to_string(&Reversed(&payload)).unwrap();
             if forward != backward {
@@ -1762,7 +1782,9 @@ mod tests {
 
     #[test]
     fn distinct_webhook_payloads_have_distinct_fingerprints() {
-        let payloads = webhook_payloads();
+        let Some(payloads) = webhook_payloads() else {
+            return;
+        };
         let mut seen: HashMap<Fingerprint, &(PathBuf, Value)> = HashMap::new();
         for payload in &payloads {
             if let Some(earlier) = seen.insert(fp(&payload.1), payload) {

@@ -1,14 +1,19 @@
 //! In-process coalescing: calls in one process for the same key share one claim.
 //!
 //! The first caller for a store key becomes the *leader* of a flight and talks to the store;
-//! later callers with the same fingerprint *join* the flight and wait on a channel, touching
-//! the store not at all. The leader publishes how the flight ended; if it ended without a
-//! result (the key was released, or the leader gave up or was dropped), joiners start over.
+//! later callers with the same fingerprint *join* the flight and wait for it to change,
+//! touching the store not at all. The leader publishes how the flight ended; if it ended
+//! without a result (the key was released, or the leader gave up or was dropped), joiners
+//! start over.
+//!
+//! Most flights have no joiner, so a flight costs one map entry and one allocation, and its
+//! end builds nothing for joiners when there are none.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::fingerprint::Fingerprint;
@@ -17,12 +22,14 @@ use crate::record::Record;
 /// The flights of one service.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, Arc<Flight>>>,
+    map: Mutex<HashMap<Arc<str>, Arc<Flight>>>,
 }
 
+/// One flight: its fingerprint, where it is, and the joiners' wake-up.
 pub(crate) struct Flight {
-    pub fingerprint: Fingerprint,
-    state: watch::Sender<FlightState>,
+    fingerprint: Fingerprint,
+    state: Mutex<FlightState>,
+    changed: Notify,
 }
 
 /// Where a flight is.
@@ -56,7 +63,23 @@ pub(crate) enum FlightEnd {
 /// A caller's part in a flight.
 pub(crate) enum Role {
     Leader(FlightGuard),
-    Joiner(watch::Receiver<FlightState>),
+    Joiner(Joining),
+}
+
+/// A joiner's view of a flight.
+pub(crate) struct Joining(Arc<Flight>);
+
+impl Joining {
+    /// A wake-up for the next change. Enable it before reading the [`state`](Self::state),
+    /// so that a change between the two is not missed.
+    pub fn changed(&self) -> Notified<'_> {
+        self.0.changed.notified()
+    }
+
+    /// Where the flight is now.
+    pub fn state(&self) -> FlightState {
+        lock(&self.0.state).clone()
+    }
 }
 
 impl Flights {
@@ -64,36 +87,38 @@ impl Flights {
     /// fingerprint. A caller with another fingerprint neither leads nor joins: it goes to
     /// the store on its own (`None`), which answers it with the stored fingerprint.
     pub fn enter(self: &Arc<Self>, key: &str, fingerprint: &Fingerprint) -> Option<Role> {
-        let mut map = self.lock();
+        let mut map = lock(&self.map);
         if let Some(flight) = map.get(key) {
             if flight.fingerprint != *fingerprint {
                 return None;
             }
-            return Some(Role::Joiner(flight.state.subscribe()));
+            return Some(Role::Joiner(Joining(Arc::clone(flight))));
         }
         let flight = Arc::new(Flight {
             fingerprint: *fingerprint,
-            state: watch::Sender::new(FlightState::Claiming),
+            state: Mutex::new(FlightState::Claiming),
+            changed: Notify::new(),
         });
-        map.insert(key.to_owned(), Arc::clone(&flight));
+        let key: Arc<str> = Arc::from(key);
+        map.insert(Arc::clone(&key), Arc::clone(&flight));
         Some(Role::Leader(FlightGuard {
             flights: Arc::clone(self),
-            key: key.to_owned(),
+            key,
             flight: Some(flight),
         }))
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight>>> {
-        // Every change under this lock is a single insert or remove.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is a single insert, remove or assignment.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The leader's hold on a flight. Dropping it without [`end`](FlightGuard::end) ends the
 /// flight as vacated, so joiners never wait on a leader that is gone.
 pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
-    key: String,
+    key: Arc<str>,
     flight: Option<Arc<Flight>>,
 }
 
@@ -101,33 +126,59 @@ impl FlightGuard {
     /// Tells joiners the leader owns the key until about `lease_end`.
     pub fn running(&self, lease_end: Instant) {
         if let Some(flight) = &self.flight {
-            flight
-                .state
-                .send_replace(FlightState::Running { lease_end });
+            *lock(&flight.state) = FlightState::Running { lease_end };
+            flight.changed.notify_waiters();
         }
     }
 
     /// Ends the flight and wakes every joiner.
-    pub fn end(mut self, end: FlightEnd) {
+    pub fn end(self, end: FlightEnd) {
+        self.end_with(|| end);
+    }
+
+    /// Ends the flight; `end` is made only when a joiner is there to read it.
+    pub fn end_with(mut self, end: impl FnOnce() -> FlightEnd) {
         self.finish(end);
     }
 
-    fn finish(&mut self, end: FlightEnd) {
+    /// Ends the flight with a finished `record`, shared with the joiners if there are any,
+    /// and hands the record back.
+    pub fn end_finished(self, record: Record) -> Record {
+        let mut kept = None;
+        let mut record = Some(record);
+        self.end_with(|| {
+            let shared = Arc::new(record.take().expect("made once"));
+            kept = Some(Arc::clone(&shared));
+            FlightEnd::Finished(shared)
+        });
+        match (record, kept) {
+            (Some(record), _) => record,
+            (None, Some(shared)) => Arc::unwrap_or_clone(shared),
+            (None, None) => unreachable!("the record was either kept or shared"),
+        }
+    }
+
+    fn finish(&mut self, end: impl FnOnce() -> FlightEnd) {
         let Some(flight) = self.flight.take() else {
             return;
         };
         {
-            let mut map = self.flights.lock();
+            let mut map = lock(&self.flights.map);
             if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
                 map.remove(&self.key);
             }
         }
-        flight.state.send_replace(FlightState::Ended(end));
+        // Out of the map, no caller can join any more: only the joiners already holding the
+        // flight can read its end.
+        if Arc::strong_count(&flight) > 1 {
+            *lock(&flight.state) = FlightState::Ended(end());
+            flight.changed.notify_waiters();
+        }
     }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.finish(FlightEnd::Vacated);
+        self.finish(|| FlightEnd::Vacated);
     }
 }

@@ -122,8 +122,9 @@ impl Lease {
     }
 
     /// The fencing number: larger for every later owner of this key, so a downstream system
-    /// can refuse writes from an owner that was taken over. It is the store's clock in
-    /// microseconds at the claim, raised above the previous owner's on a takeover.
+    /// can refuse writes from an owner that was taken over. It is a clock in microseconds at
+    /// the claim, raised above the previous owner's on a takeover: the store's clock, except
+    /// for a first claim on Redis, which takes the client's (see the Redis store's *Clocks*).
     pub fn fence(&self) -> u64 {
         self.fence
     }
@@ -134,7 +135,8 @@ impl Lease {
         self.takeover
     }
 
-    /// The end of the lease on the store's clock, in epoch milliseconds.
+    /// The end of the lease in epoch milliseconds: on the store's clock, or for a first
+    /// claim on Redis the client's estimate of it (the server decides by the key's expiry).
     pub fn lease_until(&self) -> Millis {
         self.lease_until.load(Ordering::Acquire)
     }
@@ -182,6 +184,15 @@ impl Lease {
         let guard = self.flight.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(guard) = guard {
             guard.end(end);
+        }
+    }
+
+    /// Ends this process's flight for the key; `end` is made only when a waiter is there
+    /// to read it. Once only.
+    pub(crate) fn end_flight_with(&self, end: impl FnOnce() -> FlightEnd) {
+        let guard = self.flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(guard) = guard {
+            guard.end_with(end);
         }
     }
 

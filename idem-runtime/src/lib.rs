@@ -83,8 +83,10 @@ pub use classify::{Classify, OnError};
 pub use config::{CallOptions, ErrorPolicy, FailurePolicy, Settings, MAX_DURATION};
 pub use error::{BoxError, ConfigError, Error, StoreError};
 pub use fingerprint::{fingerprint, Fingerprint, FingerprintError};
-pub use key::{Key, KeyRule};
+pub use key::{Key, KeyRule, MAX_SCOPE_LEN};
 pub use lease::Lease;
 pub use record::{Body, Millis, Record, RecordState, RecordStatus, Response, Token};
-pub use service::{keep_alive, CheckOutcome, Idempotency, IdempotencyService, ServiceBuilder};
+pub use service::{
+    keep_alive, BatchItem, CheckOutcome, Idempotency, IdempotencyService, ServiceBuilder,
+};
 pub use store::{DeleteReply, MemoryStore, Store};

@@ -6,6 +6,7 @@
 //! user's types, so compiler errors name what is needed and point at the user's tokens.
 
 use std::any::type_name;
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ pub use crate::config::CallOptions;
 use crate::config::FailurePolicy;
 use crate::error::Error;
 use crate::fingerprint::{Fingerprint, FingerprintError, Fingerprinter};
-use crate::key::{for_message, Key};
+use crate::key::{for_message, Key, MAX_SCOPE_LEN};
 use crate::lease::Lease;
 use crate::record::{Body, Record, RecordState, Response};
 use crate::service::{keep_alive, CheckOutcome, Idempotency, IdempotencyService};
@@ -36,8 +37,9 @@ tokio::task_local! {
 pub struct Call {
     /// The service that keeps the records.
     pub service: Arc<dyn Idempotency>,
-    /// The scope: `module::path::fn_name` unless the attribute names one.
-    pub scope: &'static str,
+    /// The scope: the attribute's `scope`, else [`method_scope`] for a method and
+    /// `module::path::fn_name` for a free fn.
+    pub scope: Cow<'static, str>,
     /// The key from `key = ..`; `None` derives the key from the fingerprint.
     pub key: Option<String>,
     /// The fingerprint of the arguments (or of `fingerprint = ..`).
@@ -74,6 +76,37 @@ impl<T, E> Returns for Result<T, E> {
     fn into_result(self) -> Result<T, E> {
         self
     }
+}
+
+/// A scope written in the attribute, or the default scope of a free fn.
+pub const fn scope(scope: &'static str) -> Cow<'static, str> {
+    Cow::Borrowed(scope)
+}
+
+/// The default scope of a method: `path` (`module::path::fn_name`), `@`, and the type of
+/// `Self`, so that methods of one name on two types in one module keep separate records.
+/// A type name long enough to push the scope over [`MAX_SCOPE_LEN`] is cut, and a hash of
+/// the whole name keeps the cut scopes of two types apart.
+pub fn method_scope<S: ?Sized>(path: &'static str) -> Cow<'static, str> {
+    let owner = type_name::<S>();
+    let mut scope = String::with_capacity(path.len() + 1 + owner.len());
+    scope.push_str(path);
+    scope.push('@');
+    let room = MAX_SCOPE_LEN.saturating_sub(scope.len());
+    if owner.len() <= room {
+        scope.push_str(owner);
+        return Cow::Owned(scope);
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(owner.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut cut = room.saturating_sub(hash.len() + 1);
+    while !owner.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    scope.push_str(&owner[..cut]);
+    scope.push('~');
+    scope.push_str(&hash);
+    Cow::Owned(scope)
 }
 
 /// What can be the `service` of an annotated fn.
@@ -167,7 +200,7 @@ impl Args {
     }
 
     /// Adds the next argument, named for errors.
-    pub fn arg<T: Serialize + ?Sized>(mut self, name: &'static str, value: &T) -> Self {
+    pub fn arg<T: Fingerprinted + ?Sized>(mut self, name: &'static str, value: &T) -> Self {
         if self.error.is_none() {
             if let Err(error) = self.fingerprinter.arg(name, value) {
                 self.error = Some(error);
@@ -203,16 +236,54 @@ pub enum Finish {
     NotReplayable(String),
 }
 
-/// The `on_error` option: what an error does to the key, and how a recorded one replays.
-pub trait Policy<E> {
+/// What can be an argument that is fingerprinted.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be fingerprinted: it does not implement `Serialize`",
+    label = "fingerprinted argument",
+    note = "every argument not named in `skip(..)` is fingerprinted, so that a key reused with other arguments is refused",
+    note = "leave this argument out with `skip(<argument>)` if it does not change the outcome (a connection, a logger), or derive `serde::Serialize` for it"
+)]
+pub trait Fingerprinted: Serialize {}
+
+impl<T: Serialize + ?Sized> Fingerprinted for T {}
+
+/// What can be the `Ok` type of an annotated fn.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored and replayed: it must implement `Serialize` and `Deserialize`",
+    label = "the `Ok` type is stored as JSON and replayed to later calls",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it; a borrowed type such as `&str` cannot be replayed, so return an owned one (`String`)"
+)]
+pub trait Replayable: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> Replayable for T {}
+
+/// What can be the `Err` type of an annotated fn.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must implement `From<idem::Error>` so idem's own errors (mismatch, timeout, store) can reach the caller",
+    label = "`{Self}` cannot carry idem's errors",
+    note = "wrap your error in an enum with an `Idem(idem::Error)` variant and implement `From<idem::Error>` for it, or return `idem::Error` itself"
+)]
+pub trait CarriesIdemErrors: From<Error> {}
+
+impl<E: From<Error>> CarriesIdemErrors for E {}
+
+/// The `on_error` option `P` over the error type: what an error does to the key, and how
+/// a recorded one replays. Implemented by the error type, so that a missing `Serialize` is
+/// reported about the error type at the fn's return type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be recorded: `on_error = \"record\"` and `\"classify\"` store the error and replay it",
+    label = "the error type must implement `Serialize` and `Deserialize` (and `idem::Classify` for \"classify\")",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it, with `#[serde(skip)]` on a variant that holds `idem::Error`; or keep the default `on_error = \"release\"`, which stores no error"
+)]
+pub trait Policy<P>: Sized {
     /// Whether the claim is made under the *record* failure policy.
     const RECORDS: bool;
 
-    /// What `error` does to the key.
-    fn on_failure(&self, error: &E) -> Finish;
+    /// What this error does to the key.
+    fn on_failure(&self) -> Finish;
 
     /// The recorded error in `body`, or why it does not decode.
-    fn replay(&self, body: &Body) -> Result<E, String>;
+    fn replay(body: &Body) -> Result<Self, String>;
 }
 
 /// `on_error = "release"`, the default: every error frees the key.
@@ -227,14 +298,14 @@ pub struct Recorded;
 #[derive(Debug, Clone, Copy)]
 pub struct Classified;
 
-impl<E> Policy<E> for Release {
+impl<E> Policy<Release> for E {
     const RECORDS: bool = false;
 
-    fn on_failure(&self, _error: &E) -> Finish {
+    fn on_failure(&self) -> Finish {
         Finish::Release
     }
 
-    fn replay(&self, _body: &Body) -> Result<E, String> {
+    fn replay(_body: &Body) -> Result<E, String> {
         Err(
             "an error was recorded under this key, but this fn releases on error; \
              use `on_error = \"record\"` or another scope"
@@ -243,29 +314,29 @@ impl<E> Policy<E> for Release {
     }
 }
 
-impl<E: Serialize + DeserializeOwned> Policy<E> for Recorded {
+impl<E: Serialize + DeserializeOwned> Policy<Recorded> for E {
     const RECORDS: bool = true;
 
-    fn on_failure(&self, error: &E) -> Finish {
-        record(error)
+    fn on_failure(&self) -> Finish {
+        record(self)
     }
 
-    fn replay(&self, body: &Body) -> Result<E, String> {
+    fn replay(body: &Body) -> Result<E, String> {
         body.decode().map_err(|error| error.to_string())
     }
 }
 
-impl<E: Classify + Serialize + DeserializeOwned> Policy<E> for Classified {
+impl<E: Classify + Serialize + DeserializeOwned> Policy<Classified> for E {
     const RECORDS: bool = true;
 
-    fn on_failure(&self, error: &E) -> Finish {
-        match error.on_error() {
+    fn on_failure(&self) -> Finish {
+        match self.on_error() {
             OnError::Release => Finish::Release,
-            OnError::Record => record(error),
+            OnError::Record => record(self),
         }
     }
 
-    fn replay(&self, body: &Body) -> Result<E, String> {
+    fn replay(body: &Body) -> Result<E, String> {
         body.decode().map_err(|error| error.to_string())
     }
 }
@@ -279,16 +350,55 @@ fn record<E: Serialize>(error: &E) -> Finish {
     }
 }
 
-/// Runs one call of an annotated fn: claim the key, then run the body and store its
-/// outcome, or replay the stored one.
-pub async fn run<R, P, F>(call: Call, policy: P, body: F) -> R
+/// How an annotated fn's `Ok` and `Err` values are stored and replayed, and how idem's own
+/// errors become its `Err`. The generated code builds it with [`ops`], whose bounds the
+/// compiler checks at the fn's return type; [`run`] then needs none of them. (Bounds on an
+/// `async fn` such as `run` are checked again wherever its future is used, and those
+/// repeats would report a missing implementation without the trait's own message.)
+pub struct Ops<T, E> {
+    records: bool,
+    from_idem: fn(Error) -> E,
+    on_failure: fn(&E) -> Finish,
+    replay_err: fn(&Body) -> Result<E, String>,
+    encode_ok: fn(&T) -> Result<Body, serde_json::Error>,
+    decode_ok: fn(&Body) -> Result<T, serde_json::Error>,
+}
+
+impl<T, E> Clone for Ops<T, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T, E> Copy for Ops<T, E> {}
+
+/// The [`Ops`] of the return type `R` under the `on_error` mode `P` ([`Release`],
+/// [`Recorded`] or [`Classified`]), named by the caller rather than inferred: inferred, it
+/// would be taken from the one implementation that fits an error type that is not serde.
+pub fn ops<R, P>() -> Ops<R::Ok, R::Err>
 where
     R: Returns,
-    R::Ok: Serialize + DeserializeOwned,
-    R::Err: From<Error>,
-    P: Policy<R::Err>,
+    R::Ok: Replayable,
+    R::Err: CarriesIdemErrors + Policy<P>,
+{
+    Ops {
+        records: <R::Err as Policy<P>>::RECORDS,
+        from_idem: <R::Err as From<Error>>::from,
+        on_failure: <R::Err as Policy<P>>::on_failure,
+        replay_err: <R::Err as Policy<P>>::replay,
+        encode_ok: Body::json::<R::Ok>,
+        decode_ok: Body::decode::<R::Ok>,
+    }
+}
+
+/// Runs one call of an annotated fn: claim the key, then run the body and store its
+/// outcome, or replay the stored one.
+pub async fn run<R, F>(call: Call, ops: Ops<R::Ok, R::Err>, body: F) -> R
+where
+    R: Returns,
     F: Future<Output = R>,
 {
+    let idem = ops.from_idem;
     let Call {
         service,
         scope,
@@ -299,8 +409,11 @@ where
     let fingerprint = match fingerprint {
         Ok(fingerprint) => fingerprint,
         Err(source) => {
-            let key = key.map_or_else(|| scope.to_owned(), |id| Key::scoped(scope, id).to_string());
-            return R::from_result(Err(Error::Fingerprint { key, source }.into()));
+            let key = match key {
+                Some(id) => Key::scoped(scope, id).to_string(),
+                None => scope.into_owned(),
+            };
+            return R::from_result(Err(idem(Error::Fingerprint { key, source })));
         }
     };
     let key = Key::scoped(scope, key.unwrap_or_else(|| fingerprint.to_hex()));
@@ -308,54 +421,55 @@ where
     if is_held(&key) {
         tracing::warn!(key = %key, "idempotent call from inside its own body refused");
         let key = for_message(&key);
-        return R::from_result(Err(Error::Reentrant { key }.into()));
+        return R::from_result(Err(idem(Error::Reentrant { key })));
     }
 
-    if P::RECORDS && options.failure_policy.is_none() {
+    if ops.records && options.failure_policy.is_none() {
         options.failure_policy = Some(FailurePolicy::Record);
     }
     let outcome = match service.check_and_lock(&key, &fingerprint, &options).await {
         Ok(outcome) => outcome,
-        Err(error) => return R::from_result(Err(error.into())),
+        Err(error) => return R::from_result(Err(idem(error))),
     };
 
     let result = match outcome {
-        CheckOutcome::Acquired(lease) => return own(service, key, lease, &policy, body).await,
+        // Boxed: the owner's future (body, renewals, store) is large, and keeping it out of
+        // this one keeps the far more frequent replay cheap to set up.
+        CheckOutcome::Acquired(lease) => {
+            return Box::pin(own::<R, F>(service, key, lease, ops, body)).await
+        }
         CheckOutcome::Bypassed { .. } => return body.await,
-        CheckOutcome::Completed(record) => replay_ok(&key, record),
-        CheckOutcome::Failed(record) => replay_err(&key, record, &policy),
-        CheckOutcome::NotReplayable(record) => Err(Error::NotReplayable {
+        CheckOutcome::Completed(record) => replay_ok(&key, record, ops.decode_ok).map_err(idem),
+        CheckOutcome::Failed(record) => {
+            Err(replay_err(&key, record, ops.replay_err).unwrap_or_else(idem))
+        }
+        CheckOutcome::NotReplayable(record) => Err(idem(Error::NotReplayable {
             key: for_message(&key),
             reason: reason(record),
-        }
-        .into()),
-        CheckOutcome::Mismatch { stored } => Err(Error::FingerprintMismatch {
+        })),
+        CheckOutcome::Mismatch { stored } => Err(idem(Error::FingerprintMismatch {
             key: for_message(&key),
             stored,
             presented: fingerprint,
-        }
-        .into()),
-        CheckOutcome::InProgress { retry_after } => Err(Error::InProgress {
+        })),
+        CheckOutcome::InProgress { retry_after } => Err(idem(Error::InProgress {
             key: for_message(&key),
             retry_after,
-        }
-        .into()),
+        })),
     };
     R::from_result(result)
 }
 
 /// The owner's side: run the body with the lease kept alive, then store the outcome.
-async fn own<R, P, F>(
+async fn own<R, F>(
     service: Arc<dyn Idempotency>,
     key: Key,
     lease: Lease,
-    policy: &P,
+    ops: Ops<R::Ok, R::Err>,
     body: F,
 ) -> R
 where
     R: Returns,
-    R::Ok: Serialize,
-    P: Policy<R::Err>,
     F: Future<Output = R>,
 {
     let held = held_with(&key);
@@ -365,23 +479,25 @@ where
         .into_result();
 
     let finish = match &result {
-        Ok(value) => match Body::json(value) {
+        Ok(value) => match (ops.encode_ok)(value) {
             Ok(body) => Finish::Complete(Response::ok(body)),
             Err(cause) => Finish::NotReplayable(format!(
                 "the {} result does not serialize: {cause}",
                 type_name::<R::Ok>()
             )),
         },
-        Err(error) => policy.on_failure(error),
+        Err(error) => (ops.on_failure)(error),
     };
     store_outcome(service, lease, finish).await;
     R::from_result(result)
 }
 
-/// Stores the outcome on a task of its own when a runtime is at hand, so that a caller
-/// dropped after the body returned cannot stop it: the body's effect has happened, and
-/// an outcome left unstored would let a retry run it a second time. The caller gets the
-/// body's result whatever the store says; failures are logged with the key.
+/// Stores the outcome so that a caller dropped after the body returned cannot stop it: the
+/// body's effect has happened, and an outcome left unstored would let a retry run it a
+/// second time. The store runs in the caller's task; only when the caller is dropped
+/// before it finished does the rest move to a task of its own (see [`Detached`]). The
+/// caller gets the body's result whatever the store says; failures are logged with the
+/// key.
 async fn store_outcome(service: Arc<dyn Idempotency>, lease: Lease, finish: Finish) {
     let task = async move {
         let key = lease.key().clone();
@@ -404,59 +520,85 @@ async fn store_outcome(service: Arc<dyn Idempotency>, lease: Lease, finish: Fini
             }
         }
     };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            if let Err(error) = runtime.spawn(task).await {
-                tracing::error!(%error, "the task storing an outcome did not finish");
-            }
+    Detached(Some(Box::pin(task))).await
+}
+
+/// A future that, when dropped before it finished, finishes on a task of its own (when a
+/// runtime is at hand). Spawning only then keeps a task and a scheduler round trip off
+/// every call.
+struct Detached(Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Future for Detached {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some(task) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let done = task.as_mut().poll(cx);
+        if done.is_ready() {
+            self.0 = None;
         }
-        Err(_) => task.await,
+        done
     }
 }
 
-fn replay_ok<T: DeserializeOwned, E: From<Error>>(key: &Key, record: Record) -> Result<T, E> {
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(task)),
+                Err(_) => tracing::error!("dropped outside a runtime; the outcome was not stored"),
+            }
+        }
+    }
+}
+
+/// The stored `Ok` value, decoded with `decode`.
+fn replay_ok<T>(
+    key: &Key,
+    record: Record,
+    decode: fn(&Body) -> Result<T, serde_json::Error>,
+) -> Result<T, Error> {
     let RecordState::Completed { response, .. } = record.state else {
         return Err(Error::NotReplayable {
             key: for_message(key),
             reason: format!("the record is {}", record.status().as_str()),
-        }
-        .into());
+        });
     };
-    response.body.decode().map_err(|cause| {
+    decode(&response.body).map_err(|cause| {
         tracing::error!(key = %key, type_name = type_name::<T>(), "stored result does not decode");
         Error::ReplayDecode {
             key: for_message(key),
             type_name: type_name::<T>(),
             message: cause.to_string(),
         }
-        .into()
     })
 }
 
-fn replay_err<T, E: From<Error>, P: Policy<E>>(
+/// The recorded error, decoded with `replay`; `Err` when it cannot be replayed.
+fn replay_err<E>(
     key: &Key,
     record: Record,
-    policy: &P,
-) -> Result<T, E> {
+    replay: fn(&Body) -> Result<E, String>,
+) -> Result<E, Error> {
     let RecordState::Failed { error, .. } = record.state else {
         return Err(Error::NotReplayable {
             key: for_message(key),
             reason: format!("the record is {}", record.status().as_str()),
-        }
-        .into());
+        });
     };
-    match policy.replay(&error.body) {
-        Ok(error) => Err(error),
-        Err(message) => {
-            tracing::error!(key = %key, type_name = type_name::<E>(), "stored error does not decode");
-            Err(Error::ReplayDecode {
-                key: for_message(key),
-                type_name: type_name::<E>(),
-                message,
-            }
-            .into())
+    replay(&error.body).map_err(|message| {
+        tracing::error!(key = %key, type_name = type_name::<E>(), "stored error does not decode");
+        Error::ReplayDecode {
+            key: for_message(key),
+            type_name: type_name::<E>(),
+            message,
         }
-    }
+    })
 }
 
 fn reason(record: Record) -> String {
@@ -477,4 +619,30 @@ fn held_with(key: &Key) -> Vec<Key> {
     let mut keys = HELD_KEYS.try_with(Clone::clone).unwrap_or_default();
     keys.push(key.clone());
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_dropped_midway_finishes_on_a_task_of_its_own() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let store = {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.notified().await;
+                let _ = done_tx.send("stored");
+            }
+        };
+        let mut detached = Box::pin(Detached(Some(Box::pin(store))));
+        let first = tokio::time::timeout(std::time::Duration::from_millis(5), &mut detached).await;
+        assert!(first.is_err(), "the store waits for the gate");
+
+        drop(detached);
+        gate.notify_one();
+
+        assert_eq!(done_rx.await, Ok("stored"));
+    }
 }

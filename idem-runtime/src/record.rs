@@ -197,7 +197,14 @@ pub struct Token(String);
 impl Token {
     /// A fresh random token.
     pub fn generate() -> Token {
-        Token(format!("{:032x}", rand::random::<u128>()))
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let bits = rand::random::<u128>();
+        // Lowercase hex, 32 digits; written directly since this runs on every claim.
+        let text = (0..32)
+            .rev()
+            .map(|i| char::from(DIGITS[((bits >> (i * 4)) & 0xf) as usize]))
+            .collect();
+        Token(text)
     }
 
     /// A token from its stored text.

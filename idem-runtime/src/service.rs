@@ -10,14 +10,15 @@ use tokio::time::Instant;
 use crate::config::{CallOptions, ErrorPolicy, FailurePolicy, Resolved, Settings, FIRST_RECHECK};
 use crate::error::{ConfigError, Error, StoreError};
 use crate::fingerprint::Fingerprint;
-use crate::flight::{FlightEnd, FlightGuard, FlightState, Flights, Role};
+use crate::flight::{FlightEnd, FlightGuard, FlightState, Flights, Joining, Role};
 use crate::key::{for_message, Key};
 use crate::lease::{Grant, Lease};
 use crate::record::{Record, RecordState, Response, Token};
 use crate::store::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, MemoryStore, Store};
 
-/// The longest pause between two claim attempts while another process's owner works.
-/// Stores that notify on completion wake waiters sooner.
+/// The longest pause between two claim attempts while another process's owner works, for
+/// stores that cannot notify. A store that can ([`Store::notifies`]) wakes its waiters on
+/// the owner's outcome, and the service then waits on it up to the owner's lease end.
 const MAX_RECHECK: Duration = Duration::from_millis(250);
 
 /// How many times a claim is sent when the connection fails. The store may have applied an
@@ -27,6 +28,47 @@ const CLAIM_ATTEMPTS: u32 = 3;
 
 /// The pause before the second claim attempt; it grows fourfold for each later one.
 const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// How a leader starts: its owner token, and the reply of its first claim when a batch
+/// already sent it.
+struct Start {
+    token: Token,
+    first: Option<Result<ClaimReply, Error>>,
+}
+
+/// One item of [`IdempotencyService::check_and_lock_many`]: a key, its call's fingerprint
+/// and options, as [`check_and_lock`](Idempotency::check_and_lock) takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    /// The key.
+    pub key: &'a Key,
+    /// The fingerprint of this item's arguments.
+    pub fingerprint: &'a Fingerprint,
+    /// This item's options.
+    pub options: &'a CallOptions,
+}
+
+/// How a batch answers one of its items.
+enum Plan<'a> {
+    /// Known before asking the store (bad key or options).
+    Answer(Result<CheckOutcome, Error>),
+    /// Claimed with the others.
+    Claim(BatchClaim<'a>),
+    /// A call in this process is claiming the key: joined as a single call.
+    Alone,
+    /// The key repeats the item at this index.
+    After(usize),
+}
+
+/// An item claimed with the batch.
+struct BatchClaim<'a> {
+    store_key: String,
+    fingerprint: &'a Fingerprint,
+    token: Token,
+    options: Resolved,
+    flight: Option<FlightGuard>,
+    deadline: Instant,
+}
 
 /// How a joiner's wait on this process's flight ended.
 // Moved once, straight into the caller's return value, like the `CheckOutcome` it holds.
@@ -310,12 +352,44 @@ impl IdempotencyService {
         deadline: Instant,
     ) -> Result<CheckOutcome, Error> {
         let token = Token::generate();
+        let start = Start { token, first: None };
+        self.lead_from(
+            key,
+            store_key,
+            fingerprint,
+            options,
+            flight,
+            deadline,
+            start,
+        )
+        .await
+    }
+
+    /// [`lead`](Self::lead) with the token made, and maybe the first claim's reply known
+    /// (from a batch).
+    #[allow(clippy::too_many_arguments)]
+    async fn lead_from(
+        &self,
+        key: &Key,
+        store_key: &str,
+        fingerprint: &Fingerprint,
+        options: Resolved,
+        flight: Option<FlightGuard>,
+        deadline: Instant,
+        start: Start,
+    ) -> Result<CheckOutcome, Error> {
+        let Start { token, mut first } = start;
+        let notifies = self.inner.store.notifies();
         let mut pause = FIRST_RECHECK;
         loop {
-            let reply = match self
-                .claim_once(key, store_key, fingerprint, &token, &options)
-                .await
-            {
+            let claimed = match first.take() {
+                Some(reply) => reply,
+                None => {
+                    self.claim_once(key, store_key, fingerprint, &token, &options)
+                        .await
+                }
+            };
+            let reply = match claimed {
                 Ok(reply) => reply,
                 Err(error) => return self.on_store_error(error),
             };
@@ -350,11 +424,11 @@ impl IdempotencyService {
                 }
                 ClaimReply::Finished(record) => {
                     tracing::debug!(key = %key, status = record.status().as_str(), "replay");
-                    let record = Arc::new(record);
-                    if let Some(flight) = flight {
-                        flight.end(FlightEnd::Finished(Arc::clone(&record)));
-                    }
-                    return replay(key, Arc::unwrap_or_clone(record));
+                    let record = match flight {
+                        Some(flight) => flight.end_finished(record),
+                        None => record,
+                    };
+                    return replay(key, record);
                 }
                 ClaimReply::Busy { remaining } => {
                     if !options.wait {
@@ -369,10 +443,14 @@ impl IdempotencyService {
                             waited: options.wait_timeout,
                         });
                     }
-                    // Wake at the end of the owner's lease at the latest, to take it over.
-                    let nap = pause
-                        .min(remaining.max(Duration::from_millis(1)))
-                        .min(deadline - now);
+                    // Wake at the end of the owner's lease at the latest, to take it over. A
+                    // store that notifies wakes this caller on the owner's outcome, so it is
+                    // not asked again after growing pauses.
+                    let until_lease_end = remaining.max(Duration::from_millis(1));
+                    let nap = match notifies {
+                        true => until_lease_end.min(deadline - now),
+                        false => pause.min(until_lease_end).min(deadline - now),
+                    };
                     if let Err(source) = self.inner.store.wait_for_change(store_key, nap).await {
                         return self.on_store_error(store_error(key, source));
                     }
@@ -397,13 +475,15 @@ impl IdempotencyService {
     async fn join(
         &self,
         key: &Key,
-        mut flight: tokio::sync::watch::Receiver<FlightState>,
+        flight: Joining,
         options: &Resolved,
         deadline: Instant,
     ) -> Result<Joined, Error> {
         loop {
-            let state = flight.borrow_and_update().clone();
-            let wake = match state {
+            let changed = flight.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wake = match flight.state() {
                 FlightState::Ended(FlightEnd::Finished(record)) => {
                     return replay(key, Arc::unwrap_or_clone(record)).map(Joined::Outcome)
                 }
@@ -417,19 +497,13 @@ impl IdempotencyService {
                 FlightState::Running { lease_end } => lease_end.min(deadline),
                 FlightState::Claiming => deadline,
             };
-            match tokio::time::timeout_at(wake, flight.changed()).await {
-                Ok(Ok(())) => {}
-                // The sender is gone without a final state: start over.
-                Ok(Err(_)) => return Ok(Joined::Vacated),
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(Error::WaitTimeout {
-                        key: for_message(key),
-                        waited: options.wait_timeout,
-                    })
-                }
-                // The leader's lease end came first; the next turn looks again.
-                Err(_) => {}
+            if tokio::time::timeout_at(wake, changed).await.is_err() && Instant::now() >= deadline {
+                return Err(Error::WaitTimeout {
+                    key: for_message(key),
+                    waited: options.wait_timeout,
+                });
             }
+            // Changed, or the leader's lease end came first: the next turn looks again.
         }
     }
 
@@ -460,33 +534,35 @@ impl IdempotencyService {
                 }
             }
         };
-        match reply {
-            LeaseReply::Applied { at } => {
-                let record = Record {
-                    fingerprint: *lease.fingerprint(),
-                    token: lease.token().clone(),
-                    fence: lease.fence(),
-                    started_at: lease.started_at(),
-                    state: match finish {
-                        Finish::Completed(response) => RecordState::Completed {
-                            response,
-                            completed_at: at,
-                        },
-                        Finish::Failed(error) => RecordState::Failed {
-                            error,
-                            completed_at: at,
-                        },
-                        Finish::NotReplayable(reason) => RecordState::NotReplayable {
-                            reason,
-                            completed_at: at,
-                        },
+        let at = match reply {
+            LeaseReply::Applied { at } => at,
+            LeaseReply::Lost => return Err(self.lost(lease)),
+        };
+        // The record is made only for this process's joiners, when there are any.
+        lease.end_flight_with(|| {
+            let record = Record {
+                fingerprint: *lease.fingerprint(),
+                token: lease.token().clone(),
+                fence: lease.fence(),
+                started_at: lease.started_at(),
+                state: match finish {
+                    Finish::Completed(response) => RecordState::Completed {
+                        response,
+                        completed_at: at,
                     },
-                };
-                lease.end_flight(FlightEnd::Finished(Arc::new(record)));
-                Ok(())
-            }
-            LeaseReply::Lost => Err(self.lost(lease)),
-        }
+                    Finish::Failed(error) => RecordState::Failed {
+                        error,
+                        completed_at: at,
+                    },
+                    Finish::NotReplayable(reason) => RecordState::NotReplayable {
+                        reason,
+                        completed_at: at,
+                    },
+                },
+            };
+            FlightEnd::Finished(Arc::new(record))
+        });
+        Ok(())
     }
 
     fn lost(&self, lease: &Lease) -> Error {
@@ -653,6 +729,137 @@ impl Idempotency for IdempotencyService {
 }
 
 impl IdempotencyService {
+    /// Claims or replays many keys at once: each item is answered as
+    /// [`check_and_lock`](Idempotency::check_and_lock) would answer it alone, in the order
+    /// given.
+    ///
+    /// The first claims of all items go to the store together ([`Store::claim_many`]; on
+    /// Redis one round trip per node), so a batch of replays and fresh keys costs one round
+    /// trip, not one per item. Items that then find another owner at work wait as a single
+    /// call would (or answer [`CheckOutcome::InProgress`] when their options say not to
+    /// wait), one after another, each within its own wait budget counted from the start of
+    /// the batch. Items whose key a call in this process is claiming join that call.
+    ///
+    /// A key that appears twice is claimed once: the later item is answered after the
+    /// first, and when the first acquired the key, with [`Error::Reentrant`] (waiting would
+    /// wait on the batch's own lease).
+    pub async fn check_and_lock_many(
+        &self,
+        items: &[BatchItem<'_>],
+    ) -> Vec<Result<CheckOutcome, Error>> {
+        let plans: Vec<Plan> = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| self.plan(items, index, item))
+            .collect();
+
+        let claims: Vec<Claim<'_>> = plans
+            .iter()
+            .filter_map(|plan| match plan {
+                Plan::Claim(claim) => Some(Claim {
+                    key: &claim.store_key,
+                    fingerprint: claim.fingerprint,
+                    validate_fingerprint: claim.options.validate_fingerprint,
+                    token: &claim.token,
+                    lease: claim.options.lock_timeout,
+                }),
+                _ => None,
+            })
+            .collect();
+        let mut replies = match claims.is_empty() {
+            true => Vec::new(),
+            false => self.inner.store.claim_many(&claims).await,
+        }
+        .into_iter();
+        drop(claims);
+
+        let mut outcomes: Vec<Result<CheckOutcome, Error>> = Vec::with_capacity(items.len());
+        for (plan, item) in plans.into_iter().zip(items) {
+            let outcome = match plan {
+                Plan::Answer(outcome) => outcome,
+                Plan::Alone => {
+                    self.check_and_lock(item.key, item.fingerprint, item.options)
+                        .await
+                }
+                Plan::After(first) => match &outcomes[first] {
+                    Ok(CheckOutcome::Acquired(_)) => Err(Error::Reentrant {
+                        key: for_message(item.key),
+                    }),
+                    _ => {
+                        self.check_and_lock(item.key, item.fingerprint, item.options)
+                            .await
+                    }
+                },
+                Plan::Claim(claim) => {
+                    let first = match replies.next() {
+                        // Sent again with the same token by the usual path, which the store
+                        // recognises if the first attempt landed.
+                        Some(Err(StoreError::Connection(_))) | None => None,
+                        Some(reply) => Some(reply.map_err(|e| store_error(item.key, e))),
+                    };
+                    let start = Start {
+                        token: claim.token,
+                        first,
+                    };
+                    let (key, fingerprint) = (item.key, claim.fingerprint);
+                    self.lead_from(
+                        key,
+                        &claim.store_key,
+                        fingerprint,
+                        claim.options,
+                        claim.flight,
+                        claim.deadline,
+                        start,
+                    )
+                    .await
+                }
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// How the batch answers `items[index]`.
+    fn plan<'a>(&self, items: &[BatchItem<'a>], index: usize, item: &BatchItem<'a>) -> Plan<'a> {
+        let settings = &self.inner.settings;
+        let options = match item.options.resolve(settings) {
+            Ok(options) => options,
+            Err(source) => {
+                return Plan::Answer(Err(Error::Options {
+                    key: for_message(item.key),
+                    source,
+                }))
+            }
+        };
+        let store_key = match self.checked_store_key(item.key) {
+            Ok(store_key) => store_key,
+            Err(error) => return Plan::Answer(Err(error)),
+        };
+        if let Some(first) = items[..index].iter().position(|i| i.key == item.key) {
+            return Plan::After(first);
+        }
+        let flight = match options.wait {
+            true => match self.inner.flights.enter(&store_key, item.fingerprint) {
+                Some(Role::Leader(flight)) => Some(flight),
+                Some(Role::Joiner(_)) => return Plan::Alone,
+                None => None,
+            },
+            false => None,
+        };
+        let deadline = match options.wait {
+            true => Instant::now() + options.wait_timeout,
+            false => Instant::now(),
+        };
+        Plan::Claim(BatchClaim {
+            store_key,
+            fingerprint: item.fingerprint,
+            token: Token::generate(),
+            options,
+            flight,
+            deadline,
+        })
+    }
+
     fn checked_store_key(&self, key: &Key) -> Result<String, Error> {
         let settings = &self.inner.settings;
         key.validate(settings.max_key_len)

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use idem::store::{Claim, ClaimReply, Finish, LeaseReply};
 use idem::{
-    Body, CallOptions, CheckOutcome, DeleteReply, Error, FailurePolicy, Fingerprint, Idempotency,
-    IdempotencyService, Key, KeyRule, Lease, Record, RecordState, RecordStatus, Response, Settings,
-    Token,
+    BatchItem, Body, CallOptions, CheckOutcome, DeleteReply, Error, FailurePolicy, Fingerprint,
+    Idempotency, IdempotencyService, Key, KeyRule, Lease, Record, RecordState, RecordStatus,
+    Response, Settings, Token,
 };
 use tokio::sync::Barrier;
 
@@ -118,6 +118,7 @@ macro_rules! store_contract_tests {
             fences_grow_with_every_new_owner
             an_oversized_result_is_recorded_and_never_run_again
             keys_are_compared_as_exact_bytes
+            a_batch_answers_every_item_in_order_as_a_single_call_would
         );
     };
     (@cases ($fixture:expr) ($test:meta) $($case:ident)*) => {
@@ -1442,3 +1443,72 @@ pub async fn keys_are_compared_as_exact_bytes<F: Fixture>(f: &F) {
     assert_eq!(case.case_keys().await.len(), keys.len());
     case.assert_every_record_expires().await;
 }
+
+pub async fn a_batch_answers_every_item_in_order_as_a_single_call_would<F: Fixture>(f: &F) {
+    let case = Case::new(f, "batch");
+    let service = case.service();
+    let (fresh, done, other, held) = (
+        Key::new("fresh"),
+        Key::new("done"),
+        Key::new("other-args"),
+        Key::new("held"),
+    );
+    for key in [&done, &other] {
+        let lease = acquire(&service, key, &fp(1)).await;
+        service
+            .complete(&lease, text("stored"))
+            .await
+            .expect("complete");
+    }
+    let holder = acquire(&case.service(), &held, &fp(1)).await;
+    let (waits, no_wait) = (CallOptions::new(), wait_not());
+    let item = |key, fingerprint, options| BatchItem {
+        key,
+        fingerprint,
+        options,
+    };
+    let items = [
+        item(&fresh, &FP1, &waits),
+        item(&done, &FP1, &waits),
+        item(&other, &FP2, &waits),
+        item(&held, &FP1, &no_wait),
+        item(&fresh, &FP1, &waits),
+    ];
+
+    let mut outcomes = service.check_and_lock_many(&items).await.into_iter();
+
+    let Some(Ok(CheckOutcome::Acquired(lease))) = outcomes.next() else {
+        panic!("the fresh key is acquired");
+    };
+    assert_eq!(lease.key(), &fresh);
+    let replay = outcomes.next().expect("five answers").expect("no error");
+    assert_eq!(replayed(replay), text("stored"));
+    let mismatch = outcomes.next().expect("five answers").expect("no error");
+    assert_mismatch(mismatch, fp(1));
+    let busy = outcomes.next().expect("five answers").expect("no error");
+    let retry_after = assert_in_progress(busy);
+    assert!(retry_after > Duration::ZERO && retry_after <= case.lease);
+    let repeated = outcomes.next().expect("five answers");
+    assert!(
+        matches!(&repeated, Err(Error::Reentrant { key }) if key.contains("fresh")),
+        "{repeated:?}"
+    );
+    assert!(outcomes.next().is_none());
+
+    service
+        .complete(&lease, text("new"))
+        .await
+        .expect("complete");
+    let again = service.check_and_lock_many(&items[..1]).await;
+    match again.into_iter().next() {
+        Some(Ok(outcome)) => assert_eq!(replayed(outcome), text("new")),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    case.service()
+        .complete(&holder, text("held"))
+        .await
+        .expect("complete");
+    case.assert_every_record_expires().await;
+}
+
+const FP2: Fingerprint = Fingerprint::from_bytes([2; 32]);

@@ -164,6 +164,22 @@ impl Shop {
         Ok(self.runs())
     }
 
+    /// Like `record_on_error`, with recorded errors kept for a minute.
+    #[idempotent(
+        key = id,
+        service = self.service,
+        on_error = "record",
+        failure_ttl = 60,
+        skip(fail)
+    )]
+    pub async fn record_for_a_minute(&self, id: &str, fail: bool) -> Result<usize, ShopError> {
+        self.ran();
+        if fail {
+            return Err(ShopError::ReceiptFailed { payment: 8 });
+        }
+        Ok(self.runs())
+    }
+
     #[idempotent(key = id, service = self.service, on_error = "classify", skip(error))]
     pub async fn classified(&self, id: &str, error: fn() -> ShopError) -> Result<usize, ShopError> {
         self.ran();
@@ -300,6 +316,39 @@ impl Shop {
         self.ran();
         Ok(note.len())
     }
+}
+
+/// One of two payment providers whose `charge` methods share a name and a module.
+pub struct Stripe {
+    pub service: Arc<dyn Idempotency>,
+    pub runs: Arc<AtomicUsize>,
+}
+
+impl Stripe {
+    #[idempotent(key = order, service = self.service)]
+    pub async fn charge(&self, order: &str) -> Result<String, ShopError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(format!("stripe:{order}"))
+    }
+}
+
+/// The other provider.
+pub struct Adyen {
+    pub service: Arc<dyn Idempotency>,
+    pub runs: Arc<AtomicUsize>,
+}
+
+impl Adyen {
+    #[idempotent(key = order, service = self.service)]
+    pub async fn charge(&self, order: &str) -> Result<String, ShopError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(format!("adyen:{order}"))
+    }
+}
+
+/// The default scope of `charge` on `T`, as the attribute derives it for a method.
+fn charge_scope<T>() -> String {
+    format!("{}::charge@{}", module_path!(), std::any::type_name::<T>())
 }
 
 fn settings() -> Settings {
@@ -454,6 +503,33 @@ pub async fn two_fns_with_one_key_do_not_share_a_record(backend: &dyn Backend) {
     assert_eq!(shop.second_fn("shared-key").await.unwrap(), "second");
     assert_eq!(shop.first_fn("shared-key").await.unwrap(), "first");
     assert_eq!(shop.runs(), 2);
+}
+
+/// Two types in one module with a method of the same name keep separate records under
+/// their default scopes, which name the type.
+pub async fn methods_of_one_name_on_two_types_do_not_share_a_record(backend: &dyn Backend) {
+    let service: Arc<dyn Idempotency> = Arc::new(backend.service(settings()));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let stripe = Stripe {
+        service: Arc::clone(&service),
+        runs: Arc::clone(&runs),
+    };
+    let adyen = Adyen {
+        service: Arc::clone(&service),
+        runs: Arc::clone(&runs),
+    };
+
+    assert_eq!(stripe.charge("order-7").await.unwrap(), "stripe:order-7");
+    assert_eq!(adyen.charge("order-7").await.unwrap(), "adyen:order-7");
+    assert_eq!(stripe.charge("order-7").await.unwrap(), "stripe:order-7");
+    assert_eq!(adyen.charge("order-7").await.unwrap(), "adyen:order-7");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "each body ran once");
+
+    let done = Some(RecordStatus::Completed);
+    for scope in [charge_scope::<Stripe>(), charge_scope::<Adyen>()] {
+        let key = Key::scoped(scope, "order-7");
+        assert_eq!(status_soon(&*service, &key, done).await, done, "{key}");
+    }
 }
 
 /// B01: 50 concurrent calls with one key run the body once and all get its result.
@@ -717,7 +793,7 @@ pub async fn the_outcome_is_stored_when_the_caller_is_dropped_after_the_body(
     assert_eq!(shop.runs(), 1);
     gated.gate.add_permits(1);
 
-    let key = Key::scoped(concat!(module_path!(), "::charge"), "dropped-after-body");
+    let key = Key::scoped(charge_scope::<Shop>(), "dropped-after-body");
     let done = Some(RecordStatus::Completed);
     assert_eq!(status_soon(&inner, &key, done).await, done);
     gated.gate.add_permits(1);

@@ -191,6 +191,20 @@ impl RedisServer {
             .ok()
     }
 
+    /// One field of the header line of the idem record under `key` (`redis-cli GET` shows
+    /// `idem2 st=completed fp=… tok=…` first), or `None` when there is no record or no
+    /// such field.
+    pub fn record_field(&self, key: &str, name: &str) -> Option<String> {
+        let value: Option<Vec<u8>> = self.cmd(&["GET", key]);
+        let value = value?;
+        let line = value.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let prefix = format!("{name}=");
+        line.split(' ')
+            .skip(1)
+            .find_map(|word| word.strip_prefix(&prefix).map(str::to_owned))
+    }
+
     /// Every key on this server.
     pub fn keys(&self) -> Vec<String> {
         let mut keys = Vec::new();

@@ -1,7 +1,8 @@
 //! A loopback TCP proxy in front of a harness Redis server that can lose one reply: once
 //! armed, it forwards the next request as usual, then drops the server's reply and closes
 //! the client's connection. The command ran on the server; the client only sees the
-//! connection break, the "ambiguous write" of a real network.
+//! connection break, the "ambiguous write" of a real network. It also counts the chunks
+//! clients send: requests written together (a pipeline) arrive as one chunk on loopback.
 
 #![allow(dead_code)]
 
@@ -23,6 +24,7 @@ pub struct CutProxy {
 struct State {
     armed: AtomicBool,
     cuts: AtomicU32,
+    chunks: AtomicU32,
 }
 
 impl CutProxy {
@@ -61,6 +63,11 @@ impl CutProxy {
         self.state.armed.store(true, Ordering::SeqCst);
     }
 
+    /// How many chunks clients have sent through the proxy so far.
+    pub fn chunks(&self) -> u32 {
+        self.state.chunks.load(Ordering::SeqCst)
+    }
+
     /// How many replies were lost so far.
     pub fn cuts(&self) -> u32 {
         self.state.cuts.load(Ordering::SeqCst)
@@ -76,7 +83,17 @@ impl Drop for CutProxy {
 async fn forward(mut client: TcpStream, mut server: TcpStream, state: Arc<State>) {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
-    let requests = tokio::io::copy(&mut client_read, &mut server_write);
+    let requests = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            state.chunks.fetch_add(1, Ordering::SeqCst);
+            server_write.write_all(&buf[..n]).await?;
+        }
+    };
     let replies = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {

@@ -7,21 +7,26 @@ impl Payments {
     ) -> Result<Receipt, PaymentError> {
         let __idem_call = ::idem::__private::Call {
             service: ::idem::__private::shared(&(self.service)),
-            scope: ::core::concat!(::core::module_path!(), "::", "charge"),
+            scope: ::idem::__private::method_scope::<
+                Self,
+            >(::core::concat!(::core::module_path!(), "::", "charge")),
             key: ::core::option::Option::Some(
                 ::idem::__private::key_text(&(format!("pay:{}", req.order_id))),
             ),
             fingerprint: ::idem::__private::Args::new().arg("req", &req).finish(),
             options: ::idem::__private::CallOptions::new()
-                .ttl(::core::time::Duration::from_secs(86400)),
+                .ttl(::core::time::Duration::from_secs(86400))
+                .failure_ttl(::core::time::Duration::from_secs(600)),
         };
         ::idem::__private::run::<
             Result<Receipt, PaymentError>,
             _,
-            _,
         >(
                 __idem_call,
-                ::idem::__private::Recorded,
+                ::idem::__private::ops::<
+                    Result<Receipt, PaymentError>,
+                    ::idem::__private::Recorded,
+                >(),
                 async move {
                     #[allow(
                         unreachable_code,

@@ -332,6 +332,10 @@ impl Store for MemoryStore {
         Ok(reply)
     }
 
+    fn notifies(&self) -> bool {
+        true
+    }
+
     async fn wait_for_change(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
         let watch = Watch::new(self, key);
         let notified = watch.notify.notified();

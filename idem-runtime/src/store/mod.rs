@@ -148,6 +148,24 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the record; one that is processing only when `force` is set.
     async fn delete(&self, key: &str, force: bool) -> Result<DeleteReply, StoreError>;
 
+    /// Claims several keys, each with its own claim, and answers in the same order. Each
+    /// claim is atomic on its own; the batch is not. The default claims one after another;
+    /// stores that can send many commands at once should.
+    async fn claim_many(&self, claims: &[Claim<'_>]) -> Vec<Result<ClaimReply, StoreError>> {
+        let mut replies = Vec::with_capacity(claims.len());
+        for claim in claims {
+            replies.push(self.claim(*claim).await);
+        }
+        replies
+    }
+
+    /// Whether [`wait_for_change`](Store::wait_for_change) returns soon after the record
+    /// changes. The service then waits for the change (up to the owner's lease end) instead
+    /// of claiming again after growing pauses. Default `false`.
+    fn notifies(&self) -> bool {
+        false
+    }
+
     /// Waits until the record under `key` may have changed, or `timeout` passes, whichever
     /// is first. The service calls it between claim attempts while another owner works.
     /// The default sleeps for `timeout`; stores that can notify should return early.

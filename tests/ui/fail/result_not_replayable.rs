@@ -6,7 +6,9 @@ pub struct Receipt {
 
 #[idempotent(key = id)]
 async fn charge(id: String) -> Result<Receipt, idem::Error> {
-    Ok(Receipt { amount: id.len() as u64 })
+    Ok(Receipt {
+        amount: id.len() as u64,
+    })
 }
 
 fn main() {}

@@ -7,7 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 #[idempotent(key = id)]
-pub async fn generic<T: Serialize + DeserializeOwned + Send>(id: String, value: T) -> Result<T, idem::Error> {
+pub async fn generic<T: Serialize + DeserializeOwned + Send>(
+    id: String,
+    value: T,
+) -> Result<T, idem::Error> {
     let _ = id;
     Ok(value)
 }
@@ -32,12 +35,19 @@ pub async fn elided(id: &str, notes: &[String]) -> Result<Cow<'static, str>, ide
 }
 
 #[idempotent(key = id)]
-pub async fn impl_trait(id: impl Display + Serialize, amount: impl Into<u64> + Serialize) -> Result<u64, idem::Error> {
+pub async fn impl_trait(
+    id: impl Display + Serialize,
+    amount: impl Into<u64> + Serialize,
+) -> Result<u64, idem::Error> {
     Ok(amount.into() + id.to_string().len() as u64)
 }
 
 #[idempotent]
-pub async fn destructured((a, b): (u32, u32), Pair { left, .. }: Pair, _: Unused) -> Result<u32, idem::Error> {
+pub async fn destructured(
+    (a, b): (u32, u32),
+    Pair { left, .. }: Pair,
+    _: Unused,
+) -> Result<u32, idem::Error> {
     Ok(a + b + left)
 }
 

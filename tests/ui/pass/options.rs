@@ -44,9 +44,15 @@ pub async fn charge(order: u64, amount: u64, note: &str) -> Result<u64, ChargeEr
     Ok(order + amount)
 }
 
-#[idempotent(fingerprint = (order, amount / 100), on_error = "record")]
+#[idempotent(fingerprint = (order, amount / 100), on_error = "record", failure_ttl = 600)]
 pub async fn fingerprint_of_a_value(order: u64, amount: u64) -> Result<u64, ChargeError> {
     Ok(order + amount)
+}
+
+/// A plain integer type suffix is still whole seconds.
+#[idempotent(ttl = 86400u64, lock_timeout = 30u32, failure_ttl = Duration::from_secs(60), on_error = "record")]
+pub async fn suffixed_seconds(order: u64) -> Result<u64, ChargeError> {
+    Ok(order)
 }
 
 #[idempotent]

@@ -1,7 +1,17 @@
-//! How records are laid out in a Redis hash, and how script replies are read.
+//! How a record is laid out in one Redis string, and how script replies are read.
 //!
-//! Every function here is pure: it turns fields into records and replies into values, and
-//! reports anything it cannot read as [`StoreError::Corrupt`] naming the key.
+//! A record is a header line of `name=value` fields after a format tag, then the payload:
+//!
+//! ```text
+//! idem2 st=completed fp=<64 hex> tok=<token> fence=<µs> sa=<ms> ca=<ms> code=201 hl=22\n
+//! [["Location","/o/7"]]{"id":7}
+//! ```
+//!
+//! The module docs of the store list every field. Every function here is pure: it turns
+//! records into bytes and bytes into records, and reports anything it cannot read as
+//! [`StoreError::Corrupt`] naming the key.
+
+use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::fingerprint::Fingerprint;
@@ -9,7 +19,10 @@ use crate::record::{Body, Millis, Record, RecordState, Response, Token};
 use crate::store::Finish;
 
 /// The record format this store writes, and the only one it reads.
-pub(crate) const FORMAT_VERSION: &str = "1";
+pub(crate) const FORMAT_VERSION: &str = "2";
+
+/// The tag that starts every record of this format.
+const TAG: &str = "idem2";
 
 /// A script reply: its tag and the strings after it.
 pub(crate) struct Reply {
@@ -23,18 +36,15 @@ impl Reply {
         let redis::Value::Array(values) = value else {
             return Err(corrupt(key, format!("unexpected script reply {value:?}")));
         };
-        let mut items = values
-            .into_iter()
-            .map(|v| bytes_of(key, v))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter();
+        let mut items = values.into_iter().map(|v| bytes_of(key, v));
         let tag = items
             .next()
+            .transpose()?
             .map(|t| String::from_utf8_lossy(&t).into_owned())
             .ok_or_else(|| corrupt(key, "empty script reply".into()))?;
         Ok(Reply {
             tag,
-            items: items.collect(),
+            items: items.collect::<Result<_, _>>()?,
         })
     }
 
@@ -60,32 +70,62 @@ impl Reply {
     }
 }
 
-/// The script arguments that describe how an operation finished: status, then either code,
-/// body type, body and headers, or the reason it is not replayable.
-pub(crate) fn finish_args(finish: &Finish) -> (&'static str, Vec<Vec<u8>>) {
-    match finish {
-        Finish::Completed(response) => ("completed", response_fields(response)),
-        Finish::Failed(error) => ("failed", response_fields(error)),
-        Finish::NotReplayable(reason) => ("not_replayable", vec![reason.as_bytes().to_vec()]),
+/// Whether `token` can stand in a header line: printable ASCII without spaces.
+pub(crate) fn check_token(key: &str, token: &Token) -> Result<(), StoreError> {
+    let text = token.as_str();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
     }
+    Err(StoreError::Command(
+        format!(
+            "owner token {text:?} for {key:?} cannot be stored: tokens are printable ASCII \
+             without spaces (Token::generate makes such tokens)"
+        )
+        .into(),
+    ))
 }
 
-/// The hash fields of `record`, as `insert` writes them.
-pub(crate) fn record_fields(record: &Record) -> Vec<(&'static str, Vec<u8>)> {
-    let mut fields = vec![
-        ("v", FORMAT_VERSION.as_bytes().to_vec()),
-        ("st", record.status().as_str().as_bytes().to_vec()),
-        ("fp", record.fingerprint.to_hex().into_bytes()),
-        ("tok", record.token.as_str().as_bytes().to_vec()),
-        ("fence", record.fence.to_string().into_bytes()),
-        ("sa", record.started_at.to_string().into_bytes()),
-    ];
-    let finished_at = match &record.state {
+/// The record a fresh claim writes with `SET NX`: processing, with the lease length (`ls`)
+/// instead of a lease end, since the client has no server clock; the server derives the
+/// lease end from the key's expiry (two leases from the claim).
+pub(crate) fn fresh_claim(
+    fingerprint: &Fingerprint,
+    token: &Token,
+    fence: u64,
+    started_at: Millis,
+    lease_ms: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(180 + token.as_str().len());
+    out.extend_from_slice(TAG.as_bytes());
+    out.extend_from_slice(b" st=processing fp=");
+    push_hex(&mut out, fingerprint);
+    out.extend_from_slice(b" tok=");
+    out.extend_from_slice(token.as_str().as_bytes());
+    push_field(&mut out, "fence", fence);
+    push_field(&mut out, "sa", started_at);
+    push_field(&mut out, "ls", lease_ms);
+    out.push(b'\n');
+    out
+}
+
+/// The whole record as `insert` writes it.
+pub(crate) fn encode(record: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200);
+    out.extend_from_slice(TAG.as_bytes());
+    out.extend_from_slice(b" st=");
+    out.extend_from_slice(record.status().as_str().as_bytes());
+    out.extend_from_slice(b" fp=");
+    push_hex(&mut out, &record.fingerprint);
+    out.extend_from_slice(b" tok=");
+    out.extend_from_slice(record.token.as_str().as_bytes());
+    push_field(&mut out, "fence", record.fence);
+    push_field(&mut out, "sa", record.started_at);
+    match &record.state {
         RecordState::Processing { lease_until } => {
             if let Some(until) = lease_until {
-                fields.push(("lu", until.to_string().into_bytes()));
+                push_field(&mut out, "lu", *until);
             }
-            return fields;
+            out.push(b'\n');
         }
         RecordState::Completed {
             response,
@@ -95,124 +135,186 @@ pub(crate) fn record_fields(record: &Record) -> Vec<(&'static str, Vec<u8>)> {
             error: response,
             completed_at,
         } => {
-            let names = ["code", "bt", "body", "hdr"];
-            fields.extend(names.into_iter().zip(response_fields(response)));
-            completed_at
+            push_field(&mut out, "ca", *completed_at);
+            let parts = ResponseParts::of(response);
+            push_field(&mut out, "code", u64::from(response.status));
+            // `bt=json` and `hl=0` are the defaults, left out to keep small records small.
+            if parts.body_type != "json" {
+                out.extend_from_slice(b" bt=");
+                out.extend_from_slice(parts.body_type.as_bytes());
+            }
+            if !parts.headers.is_empty() {
+                push_field(&mut out, "hl", parts.headers.len() as u64);
+            }
+            out.push(b'\n');
+            out.extend_from_slice(&parts.headers);
+            out.extend_from_slice(parts.body);
         }
         RecordState::NotReplayable {
             reason,
             completed_at,
         } => {
-            fields.push(("why", reason.as_bytes().to_vec()));
-            completed_at
+            push_field(&mut out, "ca", *completed_at);
+            out.push(b'\n');
+            out.extend_from_slice(reason.as_bytes());
         }
-    };
-    fields.push(("ca", finished_at.to_string().into_bytes()));
-    fields
-}
-
-fn response_fields(response: &Response) -> Vec<Vec<u8>> {
-    let (body_type, body) = match &response.body {
-        Body::Json(b) => ("json", b),
-        Body::Bytes(b) => ("bytes", b),
-    };
-    // A list of string pairs always serializes.
-    let headers = serde_json::to_vec(&response.headers).unwrap_or_else(|_| b"[]".to_vec());
-    vec![
-        response.status.to_string().into_bytes(),
-        body_type.as_bytes().to_vec(),
-        body.to_vec(),
-        headers,
-    ]
-}
-
-/// Reads a record from its hash fields, as `HGETALL` lists them.
-pub(crate) fn record_from_fields(key: &str, flat: Vec<Vec<u8>>) -> Result<Record, StoreError> {
-    let mut fields = Fields::default();
-    let mut items = flat.into_iter();
-    while let (Some(name), Some(value)) = (items.next(), items.next()) {
-        fields.set(&name, value);
     }
-    fields.into_record(key)
+    out
 }
 
-/// The fields idem reads; others are ignored, so a later minor addition stays readable.
-#[derive(Default)]
-struct Fields {
-    v: Option<Vec<u8>>,
-    st: Option<Vec<u8>>,
-    fp: Option<Vec<u8>>,
-    tok: Option<Vec<u8>>,
-    fence: Option<Vec<u8>>,
-    lu: Option<Vec<u8>>,
-    sa: Option<Vec<u8>>,
-    ca: Option<Vec<u8>>,
-    code: Option<Vec<u8>>,
-    bt: Option<Vec<u8>>,
-    body: Option<Vec<u8>>,
-    hdr: Option<Vec<u8>>,
-    why: Option<Vec<u8>>,
+/// A response split the way the completion script takes it.
+pub(crate) struct ResponseParts<'a> {
+    pub code: String,
+    pub body_type: &'static str,
+    /// Headers as a JSON list of pairs; empty when there are none.
+    pub headers: Vec<u8>,
+    pub body: &'a [u8],
 }
 
-impl Fields {
-    fn set(&mut self, name: &[u8], value: Vec<u8>) {
-        let slot = match name {
-            b"v" => &mut self.v,
-            b"st" => &mut self.st,
-            b"fp" => &mut self.fp,
-            b"tok" => &mut self.tok,
-            b"fence" => &mut self.fence,
-            b"lu" => &mut self.lu,
-            b"sa" => &mut self.sa,
-            b"ca" => &mut self.ca,
-            b"code" => &mut self.code,
-            b"bt" => &mut self.bt,
-            b"body" => &mut self.body,
-            b"hdr" => &mut self.hdr,
-            b"why" => &mut self.why,
-            _ => return,
+impl<'a> ResponseParts<'a> {
+    pub fn of(response: &'a Response) -> Self {
+        let (body_type, body) = match &response.body {
+            Body::Json(b) => ("json", b),
+            Body::Bytes(b) => ("bytes", b),
         };
-        *slot = Some(value);
+        let headers = match response.headers.is_empty() {
+            true => Vec::new(),
+            // A list of string pairs always serializes.
+            false => serde_json::to_vec(&response.headers).unwrap_or_default(),
+        };
+        ResponseParts {
+            code: response.status.to_string(),
+            body_type,
+            headers,
+            body,
+        }
     }
+}
 
-    fn into_record(self, key: &str) -> Result<Record, StoreError> {
-        let version = self.v.as_deref().unwrap_or_default();
-        if version != FORMAT_VERSION.as_bytes() {
+/// The status argument of the completion script.
+pub(crate) fn finish_status(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::Completed(_) => "completed",
+        Finish::Failed(_) => "failed",
+        Finish::NotReplayable(_) => "not_replayable",
+    }
+}
+
+/// What a claim learns from the record that `SET NX GET` found.
+pub(crate) enum Found {
+    /// A finished record; here it is.
+    Finished(Record),
+    /// A processing record: the claim script decides, on the server's clock.
+    Processing,
+}
+
+/// Reads a record that `SET NX GET` found, without copying its body.
+pub(crate) fn found(key: &str, value: Vec<u8>) -> Result<Found, StoreError> {
+    let value = Bytes::from(value);
+    let header = Header::parse(key, &value)?;
+    if header.status == "processing" {
+        return Ok(Found::Processing);
+    }
+    header.into_record(key, &value).map(Found::Finished)
+}
+
+/// Reads a whole record.
+pub(crate) fn decode(key: &str, value: Vec<u8>) -> Result<Record, StoreError> {
+    let value = Bytes::from(value);
+    Header::parse(key, &value)?.into_record(key, &value)
+}
+
+/// The header line of a record, borrowed from it; fields this version does not know are
+/// skipped, so a later minor addition stays readable.
+#[derive(Default)]
+struct Header<'a> {
+    status: &'a str,
+    fp: Option<&'a str>,
+    tok: Option<&'a str>,
+    fence: Option<&'a str>,
+    sa: Option<&'a str>,
+    lu: Option<&'a str>,
+    ls: Option<&'a str>,
+    ca: Option<&'a str>,
+    code: Option<&'a str>,
+    bt: Option<&'a str>,
+    hl: Option<&'a str>,
+    /// Where the payload starts.
+    payload: usize,
+}
+
+impl<'a> Header<'a> {
+    fn parse(key: &str, value: &'a [u8]) -> Result<Header<'a>, StoreError> {
+        let end = value.iter().position(|b| *b == b'\n');
+        let line = &value[..end.unwrap_or(value.len())];
+        let line = std::str::from_utf8(line)
+            .map_err(|_| corrupt(key, "the header line is not UTF-8".into()))?;
+        let mut words = line.split(' ');
+        let tag = words.next().unwrap_or_default();
+        if tag != TAG {
+            let version = tag.strip_prefix("idem").unwrap_or(tag);
             return Err(corrupt(
                 key,
                 format!(
-                    "record format version {:?}, this idem reads version {FORMAT_VERSION}; \
-                     upgrade idem or delete the record",
-                    String::from_utf8_lossy(version)
+                    "record format version {version:?}, this idem reads version \
+                     {FORMAT_VERSION}; upgrade idem or delete the record"
                 ),
             ));
         }
-        let fingerprint = text(key, "fp", self.fp.as_deref())?
-            .parse::<Fingerprint>()
-            .map_err(|_| corrupt(key, "field `fp` is not a 64-digit hex fingerprint".into()))?;
-        let token = Token::from_stored(text(key, "tok", self.tok.as_deref())?);
-        let fence = number(key, "fence", self.fence.as_deref())?;
-        let started_at = number(key, "sa", self.sa.as_deref())?;
+        let end = end.ok_or_else(|| corrupt(key, "the header line has no end".into()))?;
+        let mut header = Header {
+            payload: end + 1,
+            ..Header::default()
+        };
+        let mut status = None;
+        for word in words {
+            let Some((name, text)) = word.split_once('=') else {
+                continue;
+            };
+            let slot = match name {
+                "st" => &mut status,
+                "fp" => &mut header.fp,
+                "tok" => &mut header.tok,
+                "fence" => &mut header.fence,
+                "sa" => &mut header.sa,
+                "lu" => &mut header.lu,
+                "ls" => &mut header.ls,
+                "ca" => &mut header.ca,
+                "code" => &mut header.code,
+                "bt" => &mut header.bt,
+                "hl" => &mut header.hl,
+                _ => continue,
+            };
+            *slot = Some(text);
+        }
+        header.status = status.ok_or_else(|| corrupt(key, "field `st` is missing".into()))?;
+        Ok(header)
+    }
 
-        let state = match text(key, "st", self.st.as_deref())? {
+    fn into_record(self, key: &str, value: &Bytes) -> Result<Record, StoreError> {
+        let fingerprint = parse_hex(required(key, "fp", self.fp)?)
+            .ok_or_else(|| corrupt(key, "field `fp` is not a 64-digit hex fingerprint".into()))?;
+        let token = Token::from_stored(required(key, "tok", self.tok)?);
+        let fence = number(key, "fence", self.fence)?;
+        let started_at = number(key, "sa", self.sa)?;
+        let payload = value.slice(self.payload.min(value.len())..);
+
+        let state = match self.status {
             "processing" => RecordState::Processing {
-                lease_until: self
-                    .lu
-                    .as_deref()
-                    .map(|lu| parse_number(key, "lu", lu))
-                    .transpose()?,
+                lease_until: self.lease_until(key, started_at)?,
             },
             "completed" => RecordState::Completed {
-                response: self.response(key)?,
-                completed_at: number(key, "ca", self.ca.as_deref())?,
+                response: self.response(key, payload)?,
+                completed_at: number(key, "ca", self.ca)?,
             },
             "failed" => RecordState::Failed {
-                error: self.response(key)?,
-                completed_at: number(key, "ca", self.ca.as_deref())?,
+                error: self.response(key, payload)?,
+                completed_at: number(key, "ca", self.ca)?,
             },
             "not_replayable" => RecordState::NotReplayable {
-                reason: text(key, "why", self.why.as_deref())?.to_owned(),
-                completed_at: number(key, "ca", self.ca.as_deref())?,
+                reason: String::from_utf8(payload.to_vec())
+                    .map_err(|_| corrupt(key, "the reason is not UTF-8".into()))?,
+                completed_at: number(key, "ca", self.ca)?,
             },
             other => return Err(corrupt(key, format!("unknown status {other:?}"))),
         };
@@ -225,21 +327,43 @@ impl Fields {
         })
     }
 
-    fn response(&self, key: &str) -> Result<Response, StoreError> {
-        let code = number(key, "code", self.code.as_deref())?;
+    /// The lease end: given (`lu`, on the server's clock), or the claim time plus the lease
+    /// length (`ls`, for a fresh claim, whose times come from the client's clock), or none.
+    fn lease_until(&self, key: &str, started_at: Millis) -> Result<Option<Millis>, StoreError> {
+        if let Some(lu) = self.lu {
+            return parse_number(key, "lu", lu.as_bytes()).map(Some);
+        }
+        match self.ls {
+            Some(ls) => Ok(Some(started_at + parse_number(key, "ls", ls.as_bytes())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn response(&self, key: &str, payload: Bytes) -> Result<Response, StoreError> {
+        let code = number(key, "code", self.code)?;
         let status = u16::try_from(code)
             .map_err(|_| corrupt(key, format!("status code {code} is out of range")))?;
-        let body = self.body.clone().unwrap_or_default();
-        let body = match text(key, "bt", self.bt.as_deref())? {
-            "json" => Body::Json(body.into()),
-            "bytes" => Body::Bytes(body.into()),
-            other => return Err(corrupt(key, format!("unknown body type {other:?}"))),
+        let headers_len = match self.hl {
+            Some(hl) => parse_number(key, "hl", hl.as_bytes())? as usize,
+            None => 0,
         };
-        let headers = match self.hdr.as_deref() {
-            None => Vec::new(),
-            Some(hdr) => serde_json::from_slice(hdr).map_err(|e| {
-                corrupt(key, format!("field `hdr` is not a JSON list of pairs: {e}"))
+        if headers_len > payload.len() {
+            return Err(corrupt(key, "field `hl` is longer than the payload".into()));
+        }
+        let headers = match headers_len {
+            0 => Vec::new(),
+            n => serde_json::from_slice(&payload[..n]).map_err(|e| {
+                corrupt(
+                    key,
+                    format!("the headers are not a JSON list of pairs: {e}"),
+                )
             })?,
+        };
+        let body = payload.slice(headers_len..);
+        let body = match self.bt.unwrap_or("json") {
+            "json" => Body::Json(body),
+            "bytes" => Body::Bytes(body),
+            other => return Err(corrupt(key, format!("unknown body type {other:?}"))),
         };
         Ok(Response {
             status,
@@ -249,14 +373,57 @@ impl Fields {
     }
 }
 
-fn text<'a>(key: &str, field: &str, value: Option<&'a [u8]>) -> Result<&'a str, StoreError> {
-    let value = value.ok_or_else(|| corrupt(key, format!("field `{field}` is missing")))?;
-    std::str::from_utf8(value).map_err(|_| corrupt(key, format!("field `{field}` is not UTF-8")))
+fn push_field(out: &mut Vec<u8>, name: &str, value: u64) {
+    out.push(b' ');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'=');
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
-fn number(key: &str, field: &str, value: Option<&[u8]>) -> Result<Millis, StoreError> {
-    let value = value.ok_or_else(|| corrupt(key, format!("field `{field}` is missing")))?;
-    parse_number(key, field, value)
+fn push_hex(out: &mut Vec<u8>, fingerprint: &Fingerprint) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in fingerprint.as_bytes() {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0xf)]);
+    }
+}
+
+/// A fingerprint from 64 hex digits (either case).
+fn parse_hex(text: &str) -> Option<Fingerprint> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(Fingerprint::from_bytes(bytes))
+}
+
+fn required<'a>(key: &str, field: &str, value: Option<&'a str>) -> Result<&'a str, StoreError> {
+    value.ok_or_else(|| corrupt(key, format!("field `{field}` is missing")))
+}
+
+fn number(key: &str, field: &str, value: Option<&str>) -> Result<u64, StoreError> {
+    parse_number(key, field, required(key, field, value)?.as_bytes())
 }
 
 fn parse_number(key: &str, field: &str, value: &[u8]) -> Result<u64, StoreError> {
@@ -274,7 +441,7 @@ fn parse_number(key: &str, field: &str, value: &[u8]) -> Result<u64, StoreError>
         })
 }
 
-fn bytes_of(key: &str, value: redis::Value) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn bytes_of(key: &str, value: redis::Value) -> Result<Vec<u8>, StoreError> {
     match value {
         redis::Value::BulkString(bytes) => Ok(bytes),
         redis::Value::SimpleString(text) => Ok(text.into_bytes()),
@@ -285,17 +452,6 @@ fn bytes_of(key: &str, value: redis::Value) -> Result<Vec<u8>, StoreError> {
             format!("unexpected value {other:?} in a reply"),
         )),
     }
-}
-
-/// Reads an `HGETALL` reply (an array under RESP2, a map under RESP3) as a flat list.
-pub(crate) fn flat_fields(key: &str, value: redis::Value) -> Result<Vec<Vec<u8>>, StoreError> {
-    let pairs = match value {
-        redis::Value::Array(items) => items,
-        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        redis::Value::Nil => Vec::new(),
-        other => return Err(corrupt(key, format!("unexpected HGETALL reply {other:?}"))),
-    };
-    pairs.into_iter().map(|v| bytes_of(key, v)).collect()
 }
 
 pub(crate) fn corrupt(key: &str, what: String) -> StoreError {
@@ -319,93 +475,124 @@ mod tests {
         }
     }
 
-    fn flatten(fields: Vec<(&'static str, Vec<u8>)>) -> Vec<Vec<u8>> {
-        fields
-            .into_iter()
-            .flat_map(|(n, v)| [n.as_bytes().to_vec(), v])
-            .collect()
-    }
-
     #[test]
-    fn completed_record_fields_are_pinned() {
-        let fields = record_fields(&completed());
-        let text: Vec<(&str, String)> = fields
-            .iter()
-            .map(|(n, v)| (*n, String::from_utf8_lossy(v).into_owned()))
-            .collect();
+    fn a_completed_record_is_one_header_line_then_headers_and_body() {
+        let text = String::from_utf8(encode(&completed())).unwrap();
         let fp = "07".repeat(32);
         assert_eq!(
             text,
-            vec![
-                ("v", "1".to_owned()),
-                ("st", "completed".to_owned()),
-                ("fp", fp),
-                ("tok", "t1".to_owned()),
-                ("fence", "1712345678901234".to_owned()),
-                ("sa", "1712345678901".to_owned()),
-                ("code", "201".to_owned()),
-                ("bt", "json".to_owned()),
-                ("body", "\"ok\"".to_owned()),
-                ("hdr", "[[\"a\",\"b\"]]".to_owned()),
-                ("ca", "1712345678999".to_owned()),
-            ]
+            format!(
+                "idem2 st=completed fp={fp} tok=t1 fence=1712345678901234 sa=1712345678901 \
+                 ca=1712345678999 code=201 hl=11\n[[\"a\",\"b\"]]\"ok\""
+            )
+        );
+    }
+
+    #[test]
+    fn a_fresh_claim_carries_the_lease_length_not_its_end() {
+        let fp = Fingerprint::from_bytes([0xab; 32]);
+        let value = fresh_claim(&fp, &Token::from_stored("t1"), 7, 1000, 30_000);
+        let text = String::from_utf8(value.clone()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "idem2 st=processing fp={} tok=t1 fence=7 sa=1000 ls=30000\n",
+                "ab".repeat(32)
+            )
+        );
+        let record = decode("k", value).unwrap();
+        assert_eq!(
+            record.state,
+            RecordState::Processing {
+                lease_until: Some(31_000)
+            }
         );
     }
 
     #[test]
     fn every_state_reads_back_as_written() {
-        let mut records = vec![completed()];
         let base = completed();
-        records.push(Record {
-            state: RecordState::Processing {
+        let mut records = vec![base.clone()];
+        for state in [
+            RecordState::Processing {
                 lease_until: Some(5),
             },
-            ..base.clone()
-        });
-        records.push(Record {
-            state: RecordState::Processing { lease_until: None },
-            ..base.clone()
-        });
-        records.push(Record {
-            state: RecordState::Failed {
-                error: Response::new(500, Body::bytes(&b"\xff\x00"[..])),
+            RecordState::Processing { lease_until: None },
+            RecordState::Failed {
+                error: Response::new(500, Body::bytes(&b"\xff\x00\n"[..])),
                 completed_at: 9,
             },
-            ..base.clone()
-        });
-        records.push(Record {
-            state: RecordState::NotReplayable {
-                reason: "too large".into(),
+            RecordState::Completed {
+                response: Response::ok(Body::bytes(Bytes::new())),
                 completed_at: 9,
             },
-            ..base
-        });
+            RecordState::NotReplayable {
+                reason: "too large: 2 MB".into(),
+                completed_at: 9,
+            },
+        ] {
+            records.push(Record {
+                state,
+                ..base.clone()
+            });
+        }
         for record in records {
-            let flat = flatten(record_fields(&record));
-            assert_eq!(record_from_fields("k", flat).unwrap(), record);
+            assert_eq!(decode("k", encode(&record)).unwrap(), record);
         }
     }
 
     #[test]
     fn an_unknown_format_version_is_corrupt_not_a_panic() {
-        let mut flat = flatten(record_fields(&completed()));
-        flat[1] = b"2".to_vec();
-        let error = record_from_fields("k", flat).unwrap_err();
-        assert!(matches!(&error, StoreError::Corrupt(m) if m.contains("format version \"2\"")));
+        let error = decode("k", b"idem9 st=completed\n".to_vec()).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt(m) if m.contains("format version \"9\"")),
+            "{error:?}"
+        );
+        let error = decode("k", b"{\"json\":1}".to_vec()).unwrap_err();
+        assert!(matches!(&error, StoreError::Corrupt(_)), "{error:?}");
     }
 
     #[test]
     fn missing_or_garbled_fields_are_corrupt() {
-        let flat = flatten(vec![("v", b"1".to_vec()), ("st", b"completed".to_vec())]);
         assert!(matches!(
-            record_from_fields("k", flat),
+            decode("k", b"idem2 st=completed\n".to_vec()),
             Err(StoreError::Corrupt(m)) if m.contains("`fp` is missing")
         ));
-        let mut fields = record_fields(&completed());
-        fields[4].1 = b"1e15".to_vec();
+        let text = String::from_utf8(encode(&completed()))
+            .unwrap()
+            .replace("fence=1712345678901234", "fence=1e15");
         assert!(matches!(
-            record_from_fields("k", flatten(fields)),
+            decode("k", text.into_bytes()),
             Err(StoreError::Corrupt(m)) if m.contains("`fence` is \"1e15\"")
         ));
+        let text = String::from_utf8(encode(&completed()))
+            .unwrap()
+            .replace("hl=11", "hl=99");
+        assert!(matches!(
+            decode("k", text.into_bytes()),
+            Err(StoreError::Corrupt(m)) if m.contains("`hl`")
+        ));
+    }
+
+    #[test]
+    fn fingerprints_read_from_hex_as_they_print() {
+        let fp = Fingerprint::from_bytes(std::array::from_fn(|i| (i * 37) as u8));
+        assert_eq!(parse_hex(&fp.to_hex()), Some(fp));
+        assert_eq!(parse_hex(&fp.to_hex().to_uppercase()), Some(fp));
+        assert_eq!(parse_hex(&"0g".repeat(32)), None);
+        assert_eq!(parse_hex("ab"), None);
+    }
+
+    #[test]
+    fn tokens_with_spaces_are_refused() {
+        assert!(check_token("k", &Token::from_stored("a b")).is_err());
+        assert!(check_token("k", &Token::from_stored("")).is_err());
+        let generated = Token::generate();
+        assert!(check_token("k", &generated).is_ok());
+        assert_eq!(generated.as_str().len(), 32);
+        assert!(generated
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     }
 }

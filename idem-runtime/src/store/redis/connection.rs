@@ -29,6 +29,11 @@ pub struct RedisStoreOptions {
     /// was lost is recognised by its owner token. A release or delete repeated after a
     /// lost reply answers as if the record were already gone.
     pub connection_retries: u32,
+    /// The longest a waiter for another process's owner relies on a change notification
+    /// before it claims again, in case the notification was lost (the pub/sub connection
+    /// broke, or the record expired). Default 300 ms. Stores that cannot notify (a cluster,
+    /// or a store built from a caller's connection) poll after growing pauses instead.
+    pub fallback_poll: Duration,
 }
 
 impl Default for RedisStoreOptions {
@@ -38,6 +43,7 @@ impl Default for RedisStoreOptions {
             connection_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
             connection_retries: 2,
+            fallback_poll: Duration::from_millis(300),
         }
     }
 }
@@ -100,6 +106,18 @@ impl Connection {
         match self.clone() {
             Connection::Standalone(mut conn) => cmd.query_async(&mut conn).await,
             Connection::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+        }
+    }
+
+    /// Sends `pipe` as one request to the node that owns its keys (which must share one
+    /// slot on a cluster), with a result per command.
+    pub async fn pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
+        match self.clone() {
+            Connection::Standalone(mut conn) => pipe.query_async(&mut conn).await,
+            Connection::Cluster(mut conn) => pipe.query_async(&mut conn).await,
         }
     }
 

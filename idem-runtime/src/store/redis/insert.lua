@@ -3,12 +3,8 @@
 --
 -- KEYS[1]  the record
 -- ARGV[1]  the TTL, in milliseconds
--- ARGV[2..] field, value, field, value, ...
+-- ARGV[2]  the record, as GET shows it
 --
 -- Reply: 'OK'
 
-local key = KEYS[1]
-redis.call('DEL', key)
-redis.call('HSET', key, unpack(ARGV, 2))
-redis.call('PEXPIRE', key, ARGV[1])
-return 'OK'
+return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])

@@ -1,5 +1,6 @@
-//! The Redis store: records in Redis hashes, every transition one Lua script on the
-//! server's clock, for a standalone server or a Redis Cluster.
+//! The Redis store: one Redis string per record, a plain `SET` for the common claim, one
+//! Lua script per other transition on the server's clock, for a standalone server or a
+//! Redis Cluster.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,44 +14,104 @@
 //!
 //! # Record layout
 //!
-//! One record is one Redis hash under the store key
+//! One record is one Redis string under the store key
 //! (`<prefix>{<len>:<scope>:<key>}`, see [`Key::store_key`](crate::Key::store_key)); the
-//! braces make the scope and key the Redis Cluster hash tag. `redis-cli HGETALL <store key>`
-//! shows it:
+//! braces make the scope and key the Redis Cluster hash tag. `redis-cli GET <store key>`
+//! shows it: a header line, then the payload.
+//!
+//! ```text
+//! idem2 st=completed fp=9f86…08 tok=5be0…c1 fence=1712345678901234 sa=1712345678901 ca=1712345678999 code=201 hl=22
+//! [["Location","/o/7"]]{"order":7}
+//! ```
+//!
+//! The header is the format tag `idem2` (format version 2; version 1 kept hashes, and any
+//! other tag is reported as [`StoreError::Corrupt`]) and space-separated `name=value`
+//! fields, none of which contains a space. The first five always come in the order of this
+//! table (the scripts read them with one anchored match); fields a reader does not know are
+//! skipped:
 //!
 //! | field | present | meaning |
 //! |---|---|---|
-//! | `v` | always | record format version, `1`; any other value is reported as [`StoreError::Corrupt`] |
 //! | `st` | always | `processing`, `completed`, `failed` or `not_replayable` |
 //! | `fp` | always | fingerprint of the arguments, 64 hex digits |
 //! | `tok` | always | owner token of the call that claimed (or last took over) the key |
-//! | `fence` | always | fencing number: the server clock in microseconds at the claim, raised above the previous owner's on a takeover |
+//! | `fence` | always | fencing number, see [Clocks](#clocks) |
 //! | `sa` | always | when the owner claimed the key, epoch milliseconds |
-//! | `lu` | processing | end of the owner's lease, epoch milliseconds (absent: held until the record expires) |
+//! | `ls` | processing, fresh claim | the lease length in milliseconds; the lease ends one lease before the key expires |
+//! | `lu` | processing, after a takeover or renewal | end of the owner's lease, epoch milliseconds on the server's clock |
+//! | `w` | processing | `1` when a waiter in another process asked to be told of the outcome |
 //! | `ca` | finished | when the outcome was stored, epoch milliseconds |
 //! | `code` | completed, failed | status code of the stored response |
-//! | `bt` | completed, failed | body type: `json` (JSON text) or `bytes` (stored as given) |
-//! | `body` | completed, failed | the body |
-//! | `hdr` | completed, failed | headers, a JSON array of `[name, value]` pairs |
-//! | `why` | not_replayable | why the result was not stored |
+//! | `bt` | completed, failed | body type: `json` (JSON text; the default, left out) or `bytes` (stored as given) |
+//! | `hl` | completed, failed, with headers | length of the headers at the start of the payload (left out: 0) |
+//!
+//! A processing record without `ls` or `lu` (written by hand) is held until it expires.
+//! The payload of a completed or failed record is the headers (a JSON list of
+//! `[name, value]` pairs, `hl` bytes, absent when there are none) followed by the body
+//! bytes as given; of a not-replayable record, the reason.
 //!
 //! Every record expires (`PTTL` is never `-1`): a processing record one lease after its
 //! lease ends (kept that long so a takeover knows whose claim it replaces), a finished
 //! record its TTL after it finished.
 //!
-//! # Scripts and round trips
+//! # Round trips
 //!
-//! Each transition is one script in its own `.lua` file beside this module: `claim.lua`,
-//! `complete.lua`, `renew.lua`, `release.lua`, `delete.lua` (and `insert.lua` for
-//! [`RedisStore::insert`]). They read the clock with `TIME` on the server, never the
-//! client's, and touch only `KEYS[1]`. A claim that finds a finished record returns the
-//! whole record, so a replay is one round trip and a first call is two (claim, complete).
-//! A call that finds another process's owner at work claims again after growing pauses
-//! (the default [`Store::wait_for_change`]); callers in the same process share one claim.
+//! A claim is first the plain command `SET <key> <processing record> NX GET PX <2 × lease>`
+//! (a Lua call costs the server about ten times a `GET`):
 //!
-//! Scripts go out as `EVALSHA`; a `NOSCRIPT` reply is answered with `EVAL`, which caches the
-//! script again on the node that owns the key, so `SCRIPT FLUSH`, restarts and failovers
-//! cost one extra round trip and nothing else.
+//! - no record: the key is claimed. A first call costs two requests (this, and the
+//!   completion script).
+//! - a finished record: `GET` brings it back in the same reply, and the client compares
+//!   fingerprints. A replay costs one request.
+//! - a processing record: the claim script (`claim.lua`) decides on the server's clock
+//!   whether the lease can be taken over or how long it still runs; one more request, only
+//!   on this path.
+//!
+//! Completing, failing, renewing, releasing, deleting and taking over are one script each
+//! (`complete.lua`, `renew.lua`, `release.lua`, `delete.lua`, `claim.lua`), which read the
+//! server's clock with `TIME` and touch only `KEYS[1]`. Their shared helpers (the record
+//! format, the clock) are in `record.lua`, prepended to each at build time. Scripts go out
+//! as `EVALSHA`; a `NOSCRIPT` reply is answered with `EVAL`, which caches the script again
+//! on the node that owns the key, so `SCRIPT FLUSH`, restarts and failovers cost one extra
+//! round trip and nothing else.
+//!
+//! # Clocks
+//!
+//! Lease decisions (busy, takeover, renewal) are taken by scripts on the server's clock. A
+//! fresh claim has no server clock, so what it writes comes from the client's:
+//!
+//! - the lease end is not stored; the server derives it from the key's expiry, which the
+//!   `SET` set to two leases, as `now + PTTL − ls`. The lease end the client reports
+//!   ([`Lease::lease_until`](crate::Lease::lease_until), and [`RedisStore::get`] as
+//!   `sa + ls`) is the client's estimate of it;
+//! - `sa` is the client's clock at the claim;
+//! - the fence is the client's clock in microseconds, raised above every fence this store
+//!   handle has seen. A takeover's fence is `max(server µs, previous fence + 1)`, so fences
+//!   grow for every later owner of a key as long as the clients' clocks agree with each
+//!   other and with the server's within one lease.
+//!
+//! # Waiting
+//!
+//! A caller that finds another process's owner at work waits for a notification, not for a
+//! poll: it subscribes to `idem:changed:<store key>` on the store's shared pub/sub
+//! connection, then runs `watch.lua`, which re-checks the record and marks it (`w=1`). The
+//! scripts that end a processing record publish on that channel only when it is marked, so
+//! an uncontended call pays nothing. A waiter claims again when notified, at the end of the
+//! owner's lease, or after [`RedisStoreOptions::fallback_poll`] (300 ms) at the latest, whichever is first. Callers in
+//! the same process share one claim and do not touch Redis while they wait.
+//!
+//! Notifications need a store made by [`RedisStore::connect`] or
+//! [`RedisStore::connect_with`] on a standalone server. A Redis Cluster (where a
+//! subscription lives on one node and the connection does not follow resharding) and a
+//! store built from a caller's connection poll instead, after pauses that grow from 2 ms to
+//! 250 ms.
+//!
+//! # Batches
+//!
+//! [`Store::claim_many`] sends the `SET NX GET` of every claim at once: one pipeline on a
+//! standalone server, one pipeline per hash slot on a cluster, all sent together (a
+//! cluster pipeline must stay within one slot). Claims that find a processing record go on
+//! to the claim script, one request each.
 //!
 //! # Failures
 //!
@@ -65,9 +126,11 @@
 //! `appendfsync always` for the strictest setting) where that matters, and with
 //! `maxmemory-policy noeviction`, which the store checks at start-up.
 //!
-//! Requires Redis 5 or later (scripts that read `TIME` and then write).
+//! Requires Redis 7.0 or later (`SET` with both `NX` and `GET`).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -75,10 +138,11 @@ use redis::cluster_async::ClusterConnection;
 
 use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Store};
 use crate::error::StoreError;
-use crate::record::{Record, Token};
+use crate::record::{Millis, Record, Token};
 
 mod codec;
 mod connection;
+mod notify;
 mod script;
 
 pub use connection::{EvictionPolicyError, RedisStoreOptions};
@@ -86,9 +150,9 @@ pub use connection::{EvictionPolicyError, RedisStoreOptions};
 /// [`RedisStore::from_connection_manager`] or [`RedisStore::from_cluster_connection`].
 pub use redis;
 
-use codec::FORMAT_VERSION;
-use codec::{corrupt, finish_args, flat_fields, record_fields, record_from_fields, Reply};
+use codec::{corrupt, Found, Reply, ResponseParts, FORMAT_VERSION};
 use connection::{is_connection_error, store_error, Connection};
+use notify::Notifier;
 use script::{Script, Scripts};
 
 /// The pause before a command is sent again after a broken connection, times the attempt.
@@ -99,8 +163,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(25);
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
-    scripts: std::sync::Arc<Scripts>,
+    scripts: Arc<Scripts>,
     options: RedisStoreOptions,
+    /// Change notifications, on a standalone server reached by URL.
+    notifier: Option<Arc<Notifier>>,
+    /// The largest fence this handle has handed out or seen, so that its fresh claims'
+    /// fences grow even when its clock does not.
+    last_fence: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -111,6 +180,7 @@ impl std::fmt::Debug for RedisStore {
         };
         f.debug_struct("RedisStore")
             .field("connection", &kind)
+            .field("notifies", &self.notifier.is_some())
             .field("options", &self.options)
             .finish()
     }
@@ -126,7 +196,10 @@ impl RedisStore {
     /// Connects to a standalone server at `url` with `options`.
     pub async fn connect_with(url: &str, options: RedisStoreOptions) -> Result<Self, StoreError> {
         let connection = Connection::standalone(url, &options).await?;
-        RedisStore::start(connection, options).await
+        let client = redis::Client::open(url).map_err(store_error)?;
+        let mut store = RedisStore::start(connection, options).await?;
+        store.notifier = Some(Arc::new(Notifier::new(client)));
+        Ok(store)
     }
 
     /// Connects to the Redis Cluster that the nodes at `urls` belong to, with the default
@@ -153,7 +226,8 @@ impl RedisStore {
     }
 
     /// A store over a connection manager the caller built; its own timeouts and reconnect
-    /// settings apply, and `options` only for the start-up check and retries.
+    /// settings apply, and `options` only for the start-up check and retries. Waiters
+    /// poll: the store has no URL to open its pub/sub connection with.
     pub async fn from_connection_manager(
         manager: ConnectionManager,
         options: RedisStoreOptions,
@@ -176,21 +250,20 @@ impl RedisStore {
             .await?;
         Ok(RedisStore {
             connection,
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts: Arc::new(Scripts::new()),
             options,
+            notifier: None,
+            last_fence: Arc::default(),
         })
     }
 
     /// Writes `record` under `key` as it is, expiring `ttl` from now, replacing what is
     /// there. For tests and migrations: it bypasses every rule of the protocol.
     pub async fn insert(&self, key: &str, record: Record, ttl: Duration) -> Result<(), StoreError> {
+        codec::check_token(key, &record.token)?;
         let ttl = millis(ttl.max(Duration::from_millis(1)));
-        let fields = record_fields(&record);
-        let mut args: Vec<&[u8]> = vec![ttl.as_bytes()];
-        for (name, value) in &fields {
-            args.push(name.as_bytes());
-            args.push(value);
-        }
+        let value = codec::encode(&record);
+        let args: [&[u8]; 2] = [ttl.as_bytes(), &value];
         self.send(&self.scripts.insert, key, &args).await?;
         Ok(())
     }
@@ -254,11 +327,66 @@ impl RedisStore {
         tracing::debug!(key, %error, attempt = *attempt, "Redis connection failed; sending again");
         true
     }
-}
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
+    /// The `SET NX GET` of a fresh claim, and what it acquires when the key is free.
+    fn fresh_claim(&self, claim: &Claim<'_>) -> Result<(redis::Cmd, ClaimReply), StoreError> {
+        codec::check_token(claim.key, claim.token)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let now_us = now.as_micros() as u64;
+        let previous = self.last_fence.fetch_max(now_us, Ordering::AcqRel);
+        let fence = match previous >= now_us {
+            true => self.last_fence.fetch_add(1, Ordering::AcqRel) + 1,
+            false => now_us,
+        };
+        let started_at = now.as_millis() as Millis;
+        let lease = claim.lease.as_millis() as u64;
+        let value = codec::fresh_claim(claim.fingerprint, claim.token, fence, started_at, lease);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(claim.key)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(lease.saturating_mul(2).max(1));
+        let acquired = ClaimReply::Acquired {
+            fence,
+            lease_until: started_at + lease,
+            takeover: false,
+        };
+        Ok((cmd, acquired))
+    }
+
+    /// What the reply to a fresh claim's `SET NX GET` means; `None` when the key holds a
+    /// processing record, which the claim script must decide on.
+    fn fresh_reply(
+        &self,
+        claim: &Claim<'_>,
+        acquired: ClaimReply,
+        reply: redis::Value,
+    ) -> Result<Option<ClaimReply>, StoreError> {
+        let key = claim.key;
+        let value = match reply {
+            redis::Value::Nil => return Ok(Some(acquired)),
+            redis::Value::BulkString(value) => value,
+            other => return Err(corrupt(key, format!("unexpected SET reply {other:?}"))),
+        };
+        match codec::found(key, value)? {
+            Found::Processing => Ok(None),
+            Found::Finished(record) => {
+                if claim.validate_fingerprint && record.fingerprint != *claim.fingerprint {
+                    return Ok(Some(ClaimReply::Mismatch {
+                        stored: record.fingerprint,
+                    }));
+                }
+                Ok(Some(ClaimReply::Finished(record)))
+            }
+        }
+    }
+
+    /// The claim script, for a key that holds a processing record.
+    async fn claim_processing(&self, claim: &Claim<'_>) -> Result<ClaimReply, StoreError> {
         let key = claim.key;
         let fingerprint = claim.fingerprint.to_hex();
         let validate: &[u8] = if claim.validate_fingerprint {
@@ -276,11 +404,15 @@ impl Store for RedisStore {
         ];
         let reply = self.run(&self.scripts.claim, key, &args).await?;
         match reply.tag.as_str() {
-            "acquired" => Ok(ClaimReply::Acquired {
-                fence: reply.number(key, 0)?,
-                lease_until: reply.number(key, 1)?,
-                takeover: reply.text(2) == "1",
-            }),
+            "acquired" => {
+                let fence = reply.number(key, 0)?;
+                self.last_fence.fetch_max(fence, Ordering::AcqRel);
+                Ok(ClaimReply::Acquired {
+                    fence,
+                    lease_until: reply.number(key, 1)?,
+                    takeover: reply.text(2) == "1",
+                })
+            }
             "busy" => Ok(ClaimReply::Busy {
                 remaining: Duration::from_millis(reply.number(key, 0)?),
             }),
@@ -290,9 +422,139 @@ impl Store for RedisStore {
                 })?;
                 Ok(ClaimReply::Mismatch { stored })
             }
-            "finished" => Ok(ClaimReply::Finished(record_from_fields(key, reply.items)?)),
+            "finished" => {
+                let value = reply.items.into_iter().next().unwrap_or_default();
+                Ok(ClaimReply::Finished(codec::decode(key, value)?))
+            }
             _ => Err(reply.unexpected(key)),
         }
+    }
+
+    /// Sends the fresh claims of `claims` as pipelines: one on a standalone server, one per
+    /// hash slot on a cluster, all at once. Answers each claim's `SET` reply in order.
+    async fn pipelined(
+        &self,
+        claims: &[(&str, &redis::Cmd)],
+    ) -> Vec<Result<redis::Value, StoreError>> {
+        let groups: Vec<Vec<usize>> = match &self.connection {
+            Connection::Standalone(_) => vec![(0..claims.len()).collect()],
+            Connection::Cluster(_) => {
+                let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+                for (index, (key, _)) in claims.iter().enumerate() {
+                    by_slot.entry(slot_of(key)).or_default().push(index);
+                }
+                by_slot.into_values().collect()
+            }
+        };
+        let sends = groups.iter().map(|group| async move {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &index in group {
+                pipe.add_command(claims[index].1.clone());
+            }
+            (group, self.connection.pipeline(&pipe).await)
+        });
+        let mut replies: Vec<Result<redis::Value, StoreError>> = Vec::with_capacity(claims.len());
+        replies.resize_with(claims.len(), || Ok(redis::Value::Nil));
+        for (group, result) in futures_util::future::join_all(sends).await {
+            match result {
+                Ok(values) if values.len() == group.len() => {
+                    for (&index, value) in group.iter().zip(values) {
+                        replies[index] = value
+                            .map_err(|e| wrong_type_is_corrupt(claims[index].0, store_error(e)));
+                    }
+                }
+                Ok(values) => {
+                    let what = format!("{} replies to {} claims", values.len(), group.len());
+                    for &index in group {
+                        replies[index] = Err(StoreError::Command(what.clone().into()));
+                    }
+                }
+                Err(error) => {
+                    for &index in group {
+                        replies[index] = Err(store_error(error.clone()));
+                    }
+                }
+            }
+        }
+        replies
+    }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole
+/// key when it has none, modulo 16384.
+fn slot_of(key: &str) -> u16 {
+    let key = key.as_bytes();
+    let tagged = key.iter().position(|b| *b == b'{').and_then(|open| {
+        let close = key[open + 1..].iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &key[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for byte in tagged.unwrap_or(key) {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = match crc & 0x8000 {
+                0 => crc << 1,
+                _ => (crc << 1) ^ 0x1021,
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
+        let (cmd, acquired) = self.fresh_claim(&claim)?;
+        let reply = self
+            .query(claim.key, &cmd)
+            .await
+            .map_err(|e| wrong_type_is_corrupt(claim.key, e))?;
+        match self.fresh_reply(&claim, acquired, reply)? {
+            Some(reply) => Ok(reply),
+            None => self.claim_processing(&claim).await,
+        }
+    }
+
+    async fn claim_many(&self, claims: &[Claim<'_>]) -> Vec<Result<ClaimReply, StoreError>> {
+        let prepared: Vec<_> = claims.iter().map(|c| self.fresh_claim(c)).collect();
+        let commands: Vec<(&str, &redis::Cmd)> = claims
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(c, p)| p.as_ref().ok().map(|(cmd, _)| (c.key, cmd)))
+            .collect();
+        let mut sent = self.pipelined(&commands).await.into_iter();
+        let mut replies = Vec::with_capacity(claims.len());
+        for (claim, prepared) in claims.iter().zip(prepared) {
+            let reply = prepared.and_then(|(_, acquired)| {
+                let missing = || Err(StoreError::Command("the pipeline lost a reply".into()));
+                let value = sent.next().unwrap_or_else(missing)?;
+                self.fresh_reply(claim, acquired, value)
+            });
+            replies.push(reply);
+        }
+        // Keys held by an owner go to the claim script, all at once.
+        let held = claims
+            .iter()
+            .zip(&replies)
+            .enumerate()
+            .filter(|(_, (_, reply))| matches!(reply, Ok(None)))
+            .map(|(index, (claim, _))| async move { (index, self.claim_processing(claim).await) });
+        let decided = futures_util::future::join_all(held).await;
+        let mut answers: Vec<Option<Result<ClaimReply, StoreError>>> =
+            replies.into_iter().map(Result::transpose).collect();
+        for (index, reply) in decided {
+            answers[index] = Some(reply);
+        }
+        let undecided = || {
+            Err(StoreError::Command(
+                "a held key was not sent to the claim script".into(),
+            ))
+        };
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(undecided))
+            .collect()
     }
 
     async fn complete(
@@ -302,7 +564,7 @@ impl Store for RedisStore {
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError> {
-        let (status, outcome) = finish_args(finish);
+        let status = codec::finish_status(finish);
         let ttl = millis(ttl);
         let mut args: Vec<&[u8]> = vec![
             token.as_str().as_bytes(),
@@ -310,7 +572,19 @@ impl Store for RedisStore {
             ttl.as_bytes(),
             FORMAT_VERSION.as_bytes(),
         ];
-        args.extend(outcome.iter().map(Vec::as_slice));
+        let parts;
+        match finish {
+            Finish::Completed(response) | Finish::Failed(response) => {
+                parts = ResponseParts::of(response);
+                args.extend([
+                    parts.code.as_bytes(),
+                    parts.body_type.as_bytes(),
+                    &parts.headers,
+                    parts.body,
+                ]);
+            }
+            Finish::NotReplayable(reason) => args.push(reason.as_bytes()),
+        }
         let reply = self.run(&self.scripts.complete, key, &args).await?;
         lease_reply(key, reply)
     }
@@ -338,13 +612,14 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let mut cmd = redis::cmd("HGETALL");
+        let mut cmd = redis::cmd("GET");
         cmd.arg(key);
-        let flat = flat_fields(key, self.query(key, &cmd).await?)?;
-        if flat.is_empty() {
-            return Ok(None);
+        match self.query(key, &cmd).await {
+            Ok(redis::Value::Nil) => Ok(None),
+            Ok(redis::Value::BulkString(value)) => codec::decode(key, value).map(Some),
+            Ok(other) => Err(corrupt(key, format!("unexpected GET reply {other:?}"))),
+            Err(error) => Err(wrong_type_is_corrupt(key, error)),
         }
-        record_from_fields(key, flat).map(Some)
     }
 
     async fn delete(&self, key: &str, force: bool) -> Result<DeleteReply, StoreError> {
@@ -357,6 +632,55 @@ impl Store for RedisStore {
             "processing" => Ok(DeleteReply::Processing),
             _ => Err(reply.unexpected(key)),
         }
+    }
+
+    fn notifies(&self) -> bool {
+        self.notifier.is_some()
+    }
+
+    async fn wait_for_change(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
+        let Some(notifier) = &self.notifier else {
+            tokio::time::sleep(timeout).await;
+            return Ok(());
+        };
+        let subscription = match notifier.subscribe(notify::channel(key)).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::debug!(key, %error, "could not subscribe to changes; polling");
+                tokio::time::sleep(timeout.min(self.options.fallback_poll)).await;
+                return Ok(());
+            }
+        };
+        let notified = subscription.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        // Subscribed first: a change after this mark is published to us, and one before it
+        // is seen here.
+        let args: [&[u8]; 1] = [FORMAT_VERSION.as_bytes()];
+        let reply = self.run(&self.scripts.watch, key, &args).await?;
+        let remaining = match reply.tag.as_str() {
+            "changed" => return Ok(()),
+            "held" => Duration::from_millis(reply.number(key, 0)?),
+            _ => return Err(reply.unexpected(key)),
+        };
+        let nap = timeout
+            .min(remaining.max(Duration::from_millis(1)))
+            .min(self.options.fallback_poll);
+        let _ = tokio::time::timeout(nap, notified).await;
+        Ok(())
+    }
+}
+
+/// A plain command on a record of the old hash layout fails with `WRONGTYPE`: that record
+/// is unreadable, not a server failure.
+fn wrong_type_is_corrupt(key: &str, error: StoreError) -> StoreError {
+    match &error {
+        StoreError::Command(source) if source.to_string().contains("WRONGTYPE") => corrupt(
+            key,
+            "not a string record (format version 1 kept records in hashes); delete it".into(),
+        ),
+        _ => error,
     }
 }
 
@@ -373,4 +697,18 @@ fn lease_reply(key: &str, reply: Reply) -> Result<LeaseReply, StoreError> {
 /// A duration as whole milliseconds, the unit of every script argument.
 fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_hash_tag() {
+        // The values `CLUSTER KEYSLOT` answers.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
+        assert_eq!(slot_of("p:{0::k}"), slot_of("0::k"));
+        assert_eq!(slot_of("a{}b"), slot_of("a{}b"));
+    }
 }

@@ -10,31 +10,22 @@
 
 local key = KEYS[1]
 local token, lease, version = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local now_ms = clock()
 
-local time = redis.call('TIME')
-local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-
-local function int(n)
-  return string.format('%d', n)
+local record, err = load(key, version)
+if err then
+  return err
 end
-
-local stored = redis.call('HMGET', key, 'v', 'st', 'tok', 'lu')
-local stored_version, stored_status, stored_token = stored[1], stored[2], stored[3]
-if not stored_version and not stored_status and not stored_token then
+if not record or record.fields.tok ~= token or record.fields.st ~= 'processing' then
   return {'lost'}
 end
-if stored_version ~= version then
-  return {'corrupt', 'format version ' .. tostring(stored_version) .. ', expected ' .. version}
-end
-if stored_token ~= token or stored_status ~= 'processing' then
-  return {'lost'}
-end
-local lease_until = tonumber(stored[4])
-if lease_until ~= nil and lease_until <= now_ms then
+local f = record.fields
+local until_ms = lease_end(key, f, now_ms)
+if until_ms ~= nil and until_ms <= now_ms then
   return {'lost'}
 end
 
-local until_ms = now_ms + lease
-redis.call('HSET', key, 'lu', int(until_ms))
-redis.call('PEXPIREAT', key, int(until_ms + lease))
+until_ms = now_ms + lease
+f.lu, f.ls = int(until_ms), nil
+redis.call('SET', key, encode(version, f, record.payload), 'PXAT', int(until_ms + lease))
 return {'applied', int(until_ms)}

@@ -1,6 +1,7 @@
 //! The Lua scripts, one per transition, and how they are invoked.
 //!
-//! Every call goes out as `EVALSHA`. A `NOSCRIPT` reply (the server restarted, failed over,
+//! Every script starts with the shared helpers of `record.lua` (the record format, the
+//! server's clock), prepended at build time. Every call goes out as `EVALSHA`. A `NOSCRIPT` reply (the server restarted, failed over,
 //! or someone ran `SCRIPT FLUSH`) is answered with `EVAL` of the source, which also caches
 //! the script again, on the node that owns the key. Nothing is loaded at start-up: each
 //! Redis Cluster node has its own script cache, and a start-up load would reach one node.
@@ -60,17 +61,26 @@ pub(crate) struct Scripts {
     pub release: Script,
     pub delete: Script,
     pub insert: Script,
+    pub watch: Script,
+}
+
+/// `record.lua` followed by the script in `file`.
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("record.lua"), include_str!($file)))
+    };
 }
 
 impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
-            claim: Script::new(include_str!("claim.lua")),
-            complete: Script::new(include_str!("complete.lua")),
-            renew: Script::new(include_str!("renew.lua")),
-            release: Script::new(include_str!("release.lua")),
-            delete: Script::new(include_str!("delete.lua")),
+            claim: script!("claim.lua"),
+            complete: script!("complete.lua"),
+            renew: script!("renew.lua"),
+            release: script!("release.lua"),
+            delete: script!("delete.lua"),
             insert: Script::new(include_str!("insert.lua")),
+            watch: script!("watch.lua"),
         }
     }
 }
