@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use idem::store::redis::{EvictionPolicyError, RedisStore, RedisStoreOptions};
 use idem::store::{Claim, ClaimReply, Finish};
-use idem::{Body, Response, Store, StoreError, Token};
+use idem::{
+    Body, CallOptions, Error, Idempotency, IdempotencyService, Key, Response, Store, StoreError,
+    Token,
+};
 use redis_calls::{fp, store};
 use redis_harness::RedisServer;
 
@@ -197,4 +200,229 @@ async fn a_server_that_refuses_config_skips_the_check_and_works() {
     let record = store.get(KEY).await;
 
     assert!(matches!(record, Ok(None)), "{record:?}");
+}
+
+/// Records whose header line an operator or a foreign writer garbled: every path refuses
+/// them as corrupt, naming the key and the garbled field, without waiting, taking over or
+/// writing anything; a forced delete clears them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_records_are_corrupt_on_every_path_naming_the_field_and_never_rewritten() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let service = IdempotencyService::builder(store.clone())
+        .key_prefix("idem-test:")
+        .wait_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid settings");
+    let hex = fp(1).to_hex();
+    let processing =
+        |fields: &str| format!("idem2 st=processing fp={hex} tok=t fence=1 sa=1{fields}\n");
+    let completed = |fields: &str, payload: &str| {
+        format!("idem2 st=completed fp={hex} tok=t fence=1 sa=1 ca=1{fields}\n{payload}")
+    };
+    // (what is garbled, the record, what every path's error names)
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "lease end not a number",
+            processing(" lu=abc"),
+            "field `lu` is \"abc\"",
+        ),
+        (
+            "lease end in exponent form",
+            processing(" lu=1e400"),
+            "field `lu` is \"1e400\"",
+        ),
+        (
+            "lease end negative",
+            processing(" lu=-1"),
+            "field `lu` is \"-1\"",
+        ),
+        (
+            "lease length negative",
+            processing(" ls=-5"),
+            "field `ls` is \"-5\"",
+        ),
+        (
+            "lease length empty",
+            processing(" ls="),
+            "field `ls` is \"\"",
+        ),
+        (
+            "fence past 2^53",
+            format!("idem2 st=processing fp={hex} tok=t fence=9007199254740992 sa=1 ls=1000\n"),
+            "field `fence` is \"9007199254740992\"",
+        ),
+        (
+            "fence past u64",
+            format!("idem2 st=processing fp={hex} tok=t fence=99999999999999999999999 sa=1 lu=1\n"),
+            "field `fence`",
+        ),
+        (
+            "claim time with a sign",
+            format!("idem2 st=processing fp={hex} tok=t fence=1 sa=+1 ls=1000\n"),
+            "field `sa` is \"+1\"",
+        ),
+        (
+            "fingerprint short",
+            "idem2 st=processing fp=abc tok=t fence=1 sa=1 ls=1000\n".to_owned(),
+            "field `fp` is not a 64-digit hex fingerprint",
+        ),
+        (
+            "completion time a fraction",
+            completed(" code=200", "1").replace("ca=1", "ca=1.5"),
+            "field `ca` is \"1.5\"",
+        ),
+        (
+            "status code too large",
+            completed(" code=70000", "1"),
+            "status code 70000 is out of range",
+        ),
+        (
+            "status code negative",
+            completed(" code=-200", "1"),
+            "field `code` is \"-200\"",
+        ),
+        (
+            "header length past u64",
+            completed(" code=200 hl=99999999999999999999", "{}"),
+            "field `hl`",
+        ),
+        (
+            "header length past the payload",
+            completed(" code=200 hl=50", "{}"),
+            "field `hl` is longer than the payload",
+        ),
+        (
+            "body type unknown",
+            completed(" code=200 bt=xml", "1"),
+            "unknown body type \"xml\"",
+        ),
+        (
+            "status code missing",
+            completed("", "1"),
+            "field `code` is missing",
+        ),
+        (
+            "status unknown",
+            format!("idem2 st=weird fp={hex} tok=t fence=1 sa=1\n"),
+            "unknown status \"weird\"",
+        ),
+    ];
+
+    for (what, planted, names) in cases {
+        let _: i64 = server.cmd(&["DEL", KEY]);
+        let _: String = server.cmd(&["SET", KEY, &planted, "PX", "60000"]);
+
+        every_path_names(&store, names, what).await;
+        let key = Key::new("order-7");
+        let called = service
+            .check_and_lock(&key, &fp(1), &CallOptions::new())
+            .await;
+        assert!(
+            matches!(&called, Err(Error::Store { key, source: StoreError::Corrupt(m) })
+                if key == "order-7" && m.contains(names)),
+            "{what}: a call got {called:?}"
+        );
+
+        assert_eq!(
+            get(&server, KEY),
+            planted,
+            "{what}: the record was rewritten"
+        );
+        let left: i64 = server.cmd(&["PTTL", KEY]);
+        assert!(
+            (50_000..=60_000).contains(&left),
+            "{what}: expiry moved to {left}"
+        );
+        assert_eq!(
+            store.delete(KEY, true).await.unwrap(),
+            idem::DeleteReply::Deleted,
+            "{what}: a forced delete clears it"
+        );
+    }
+    // The largest number a field may hold still reads.
+    let largest =
+        format!("idem2 st=completed fp={hex} tok=t fence=9007199254740991 sa=1 ca=1 code=200\n1");
+    let _: String = server.cmd(&["SET", KEY, &largest, "PX", "60000"]);
+    let read = store.get(KEY).await.unwrap().expect("a record");
+    assert_eq!(read.fence, (1 << 53) - 1);
+}
+
+/// A processing record without a lease is held until it expires; one that never expires
+/// would hold its key forever, and is corrupt rather than waited on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processing_record_without_a_lease_or_an_expiry_is_corrupt_not_waited_on() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let service = IdempotencyService::builder(store.clone())
+        .key_prefix("idem-test:")
+        .wait_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid settings");
+    let planted = format!(
+        "idem2 st=processing fp={} tok=t fence=1 sa=1\n",
+        fp(1).to_hex()
+    );
+    let _: String = server.cmd(&["SET", KEY, &planted]);
+
+    let called = service
+        .check_and_lock(&Key::new("order-7"), &fp(1), &CallOptions::new())
+        .await;
+
+    assert!(
+        matches!(&called, Err(Error::Store { source: StoreError::Corrupt(m), .. })
+            if m.contains("without a lease never expires")),
+        "{called:?}"
+    );
+    assert_eq!(
+        get(&server, KEY),
+        planted,
+        "nothing marked or rewrote the record"
+    );
+    let _: i64 = server.cmd(&["DEL", KEY]);
+}
+
+/// Every store operation on the record under [`KEY`] answers corrupt, naming the key and
+/// `names`.
+async fn every_path_names(store: &RedisStore, names: &str, what: &str) {
+    let token = Token::from_stored("t");
+    let claim = Claim {
+        key: KEY,
+        fingerprint: &fp(1),
+        validate_fingerprint: true,
+        token: &token,
+        lease: Duration::from_secs(1),
+    };
+    let finish = Finish::Completed(Response::ok(Body::json(&1).unwrap()));
+    let outcomes: [(&str, Result<(), StoreError>); 7] = [
+        ("claim", store.claim(claim).await.map(drop)),
+        ("claim_many", {
+            let mut replies = store.claim_many(&[claim]).await;
+            replies.pop().expect("one reply").map(drop)
+        }),
+        (
+            "complete",
+            store
+                .complete(KEY, &token, &finish, Duration::from_secs(1))
+                .await
+                .map(drop),
+        ),
+        (
+            "renew",
+            store
+                .renew(KEY, &token, Duration::from_secs(1))
+                .await
+                .map(drop),
+        ),
+        ("release", store.release(KEY, &token).await.map(drop)),
+        ("get", store.get(KEY).await.map(drop)),
+        ("delete", store.delete(KEY, false).await.map(drop)),
+    ];
+    let key = format!("record under {KEY:?}: ");
+    for (path, outcome) in outcomes {
+        assert!(
+            matches!(&outcome, Err(StoreError::Corrupt(m)) if m.starts_with(&key) && m.contains(names)),
+            "{what}: {path} answered {outcome:?}, expected corrupt naming {names}"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use idem::{
     Body, CallOptions, CheckOutcome, ConfigError, Error, Fingerprint, Idempotency,
-    IdempotencyService, Key, KeyRule, Lease, Response, Settings, MAX_DURATION,
+    IdempotencyService, Key, KeyRule, Lease, Response, Settings, MAX_DURATION, MIN_LOCK_TIMEOUT,
 };
 use proptest::prelude::*;
 use support::faulty_store::FaultyStore;
@@ -147,6 +147,16 @@ fn the_builder_refuses_settings_that_cannot_work() {
         ),
         (
             Settings {
+                lock_timeout: Duration::from_millis(9),
+                ..Settings::default()
+            },
+            ConfigError::LeaseTooShort {
+                lease: Duration::from_millis(9),
+                min: Duration::from_millis(10),
+            },
+        ),
+        (
+            Settings {
                 wait_timeout: MAX_DURATION * 2,
                 ..Settings::default()
             },
@@ -213,6 +223,41 @@ fn the_builder_refuses_settings_that_cannot_work() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lease_shorter_than_the_minimum_is_refused_by_the_builder_and_per_call() {
+    assert_eq!(MIN_LOCK_TIMEOUT, Duration::from_millis(10));
+    let just_under = MIN_LOCK_TIMEOUT - Duration::from_millis(1);
+    let refused = ConfigError::LeaseTooShort {
+        lease: just_under,
+        min: MIN_LOCK_TIMEOUT,
+    };
+    let built = IdempotencyService::builder(FaultyStore::new())
+        .lock_timeout(just_under)
+        .build();
+    assert_eq!(built.map(|_| ()), Err(refused.clone()));
+
+    let store = FaultyStore::new();
+    let service = IdempotencyService::builder(store.clone())
+        .lock_timeout(MIN_LOCK_TIMEOUT)
+        .build()
+        .expect("the minimum lease is accepted");
+    let key = Key::new("order-1");
+    let per_call = CallOptions::new().lock_timeout(just_under);
+    match service.check_and_lock(&key, &FP, &per_call).await {
+        Err(Error::Options { key, source }) => {
+            assert_eq!((key, source), ("order-1".into(), refused))
+        }
+        other => panic!("expected the lease to be refused, got {other:?}"),
+    }
+    assert_eq!(store.all_calls(), 0);
+
+    let at_minimum = CallOptions::new().lock_timeout(MIN_LOCK_TIMEOUT);
+    match service.check_and_lock(&key, &FP, &at_minimum).await {
+        Ok(CheckOutcome::Acquired(lease)) => assert_eq!(lease.lock_timeout(), MIN_LOCK_TIMEOUT),
+        other => panic!("expected to acquire, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn invalid_call_options_are_refused_before_any_store_call() {
     let store = FaultyStore::new();
     let service = service(&store);
@@ -250,7 +295,7 @@ async fn a_detached_lease_is_lost_to_a_real_service_and_changes_nothing() {
     let key = Key::new("order-1");
     let lease = Lease::detached(key.clone(), FP, Duration::ZERO);
 
-    assert_eq!(lease.lock_timeout(), Duration::from_millis(1));
+    assert_eq!(lease.lock_timeout(), MIN_LOCK_TIMEOUT);
     let completed = service
         .complete(&lease, Response::ok(Body::bytes("x")))
         .await;

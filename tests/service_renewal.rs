@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use idem::{
     Body, CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key,
-    Response,
+    Response, MIN_LOCK_TIMEOUT,
 };
 use support::faulty_store::{Fault, FaultyStore, Op};
 
@@ -78,6 +78,48 @@ async fn a_body_running_five_leases_under_keep_alive_is_never_taken_over() {
         "{} renewals",
         store.calls(Op::Renew)
     );
+}
+
+/// The shortest lease a service accepts is renewed before it ends, every time: an owner
+/// that keeps it alive for fifty leases is never taken over by another process.
+#[tokio::test(start_paused = true)]
+async fn a_lease_of_the_minimum_length_kept_alive_is_never_taken_over() {
+    let store = FaultyStore::new();
+    let build = || {
+        IdempotencyService::builder(store.clone())
+            .lock_timeout(MIN_LOCK_TIMEOUT)
+            .build()
+            .expect("the minimum lease is accepted")
+    };
+    let (owner_service, other_service) = (build(), build());
+    let key = Key::new("export-1");
+    let CheckOutcome::Acquired(lease) = owner_service
+        .check_and_lock(&key, &FP, &CallOptions::new())
+        .await
+        .expect("claim")
+    else {
+        panic!("expected to acquire");
+    };
+    let owner = {
+        let service = owner_service.clone();
+        tokio::spawn(async move {
+            let body = tokio::time::sleep(MIN_LOCK_TIMEOUT * 50);
+            service.keep_alive(&lease, body).await;
+            service.complete(&lease, text("export")).await
+        })
+    };
+
+    tokio::time::sleep(MIN_LOCK_TIMEOUT * 5 / 2).await;
+    let no_wait = CallOptions::new().wait(false);
+    let elsewhere = other_service.check_and_lock(&key, &FP, &no_wait).await;
+    assert!(
+        matches!(elsewhere, Ok(CheckOutcome::InProgress { .. })),
+        "{elsewhere:?}"
+    );
+    let waiter = replay_of(&other_service, &key).await;
+
+    assert_eq!(waiter, text("export"));
+    owner.await.expect("owner").expect("complete");
 }
 
 #[tokio::test(start_paused = true)]

@@ -299,3 +299,53 @@ async fn a_store_failure_while_waiting_fails_closed() {
 
     assert!(matches!(outcome, Err(Error::Store { .. })), "{outcome:?}");
 }
+
+/// A batch renews the leases it holds while another item waits; when the store refuses
+/// every renewal for longer than a lease, the batch cannot vouch for the lease and answers
+/// the store's error for that item instead of a lease that may have lapsed.
+#[tokio::test(start_paused = true)]
+async fn a_batch_whose_held_lease_cannot_be_renewed_answers_the_store_error() {
+    let store = FaultyStore::new();
+    let service = service(&store);
+    let (busy, fresh) = (Key::new("busy"), Key::new("fresh"));
+    // Held by a claim without a lease for three leases, then free.
+    let held = idem::Record {
+        fingerprint: FP,
+        token: idem::Token::generate(),
+        fence: 1,
+        started_at: 0,
+        state: RecordState::Processing { lease_until: None },
+    };
+    store
+        .memory()
+        .insert(&busy.store_key("idempotency:"), held, LEASE * 3);
+    store.always(Op::Renew, Fault::Refuse);
+    let options = CallOptions::new();
+    let items = [
+        idem::BatchItem {
+            key: &busy,
+            fingerprint: &FP,
+            options: &options,
+        },
+        idem::BatchItem {
+            key: &fresh,
+            fingerprint: &FP,
+            options: &options,
+        },
+    ];
+
+    let mut outcomes = service.check_and_lock_many(&items).await.into_iter();
+
+    match outcomes.next() {
+        Some(Ok(CheckOutcome::Acquired(lease))) => assert_eq!(lease.key(), &busy),
+        other => panic!("expected the freed key to be acquired, got {other:?}"),
+    }
+    match outcomes.next() {
+        Some(Err(Error::Store { key, source })) => {
+            assert_eq!(key, "fresh");
+            assert!(matches!(source, StoreError::Connection(_)), "{source:?}");
+        }
+        other => panic!("expected the store's error, got {other:?}"),
+    }
+    assert!(store.calls(Op::Renew) >= 9, "{}", store.calls(Op::Renew));
+}

@@ -8,6 +8,13 @@ use crate::error::ConfigError;
 /// deadlines far from overflowing a `u64` of epoch milliseconds or Lua's doubles.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The shortest lease a service accepts. [`keep_alive`](crate::keep_alive) renews a lease
+/// every third of its length, so the first renewal of a lease this short is sent a little
+/// over 3 ms after the claim and has more than 6 ms to reach the store before the lease
+/// ends. Shorter leases leave a renewal no time to land: the owner loses its key while it
+/// works, and another caller runs the operation a second time.
+pub const MIN_LOCK_TIMEOUT: Duration = Duration::from_millis(10);
+
 /// The first re-check of a busy key happens this long after the claim attempt; a wait budget
 /// shorter than this could never see a completion.
 pub const FIRST_RECHECK: Duration = Duration::from_millis(2);
@@ -44,7 +51,8 @@ pub struct Settings {
     pub ttl: Duration,
     /// How long a failed record is kept under [`FailurePolicy::Record`]. Default 24 h.
     pub failure_ttl: Duration,
-    /// The lease: how long an owner holds a key without renewing it. Default 30 s.
+    /// The lease: how long an owner holds a key without renewing it. At least
+    /// [`MIN_LOCK_TIMEOUT`] (10 ms). Default 30 s.
     pub lock_timeout: Duration,
     /// How long a call waits for another owner before [`Error::WaitTimeout`]. Default 60 s.
     ///
@@ -58,8 +66,12 @@ pub struct Settings {
     pub failure_policy: FailurePolicy,
     /// Longest key, in bytes. Default 255.
     pub max_key_len: usize,
-    /// Largest response stored for replay, in bytes. Larger results are recorded as not
-    /// replayable. Default 1 MiB.
+    /// Largest response stored for replay, in bytes, counted as the body's bytes plus the
+    /// bytes of every header name and value ([`Response::encoded_len`]). A response of
+    /// exactly this size is stored; a larger one is recorded as not replayable. Default
+    /// 1 MiB.
+    ///
+    /// [`Response::encoded_len`]: crate::Response::encoded_len
     pub max_response_bytes: usize,
     /// How many times a completion is tried when the store fails. Default 3.
     pub complete_attempts: u32,
@@ -89,6 +101,7 @@ impl Settings {
         check_duration("ttl", self.ttl)?;
         check_duration("failure_ttl", self.failure_ttl)?;
         check_duration("lock_timeout", self.lock_timeout)?;
+        check_lease(self.lock_timeout)?;
         check_duration("wait_timeout", self.wait_timeout)?;
         check_wait(self.wait_timeout)?;
         if self.max_key_len == 0 {
@@ -148,7 +161,7 @@ impl CallOptions {
         self
     }
 
-    /// Sets the lease.
+    /// Sets the lease; at least [`MIN_LOCK_TIMEOUT`].
     pub fn lock_timeout(mut self, lease: Duration) -> Self {
         self.lock_timeout = Some(lease);
         self
@@ -194,6 +207,7 @@ impl CallOptions {
         check_duration("ttl", resolved.ttl)?;
         check_duration("failure_ttl", resolved.failure_ttl)?;
         check_duration("lock_timeout", resolved.lock_timeout)?;
+        check_lease(resolved.lock_timeout)?;
         if resolved.wait {
             check_duration("wait_timeout", resolved.wait_timeout)?;
             check_wait(resolved.wait_timeout)?;
@@ -226,6 +240,16 @@ fn check_duration(setting: &'static str, value: Duration) -> Result<(), ConfigEr
             setting,
             value,
             max: MAX_DURATION,
+        });
+    }
+    Ok(())
+}
+
+fn check_lease(lease: Duration) -> Result<(), ConfigError> {
+    if lease < MIN_LOCK_TIMEOUT {
+        return Err(ConfigError::LeaseTooShort {
+            lease,
+            min: MIN_LOCK_TIMEOUT,
         });
     }
     Ok(())
@@ -303,6 +327,28 @@ mod tests {
             opts.resolve(&Settings::default()),
             Err(ConfigError::DurationTooLarge { setting: "ttl", .. })
         ));
+    }
+
+    #[test]
+    fn a_lease_too_short_to_renew_is_refused_and_the_minimum_is_accepted() {
+        let just_under = MIN_LOCK_TIMEOUT - Duration::from_millis(1);
+        let refused = ConfigError::LeaseTooShort {
+            lease: just_under,
+            min: Duration::from_millis(10),
+        };
+        let settings = |lock_timeout| Settings {
+            lock_timeout,
+            ..Settings::default()
+        };
+        assert_eq!(settings(just_under).validate(), Err(refused.clone()));
+        assert_eq!(settings(MIN_LOCK_TIMEOUT).validate(), Ok(()));
+        let options = |lease| CallOptions::new().lock_timeout(lease);
+        assert_eq!(
+            options(just_under).resolve(&Settings::default()),
+            Err(refused)
+        );
+        let resolved = options(MIN_LOCK_TIMEOUT).resolve(&Settings::default());
+        assert_eq!(resolved.map(|r| r.lock_timeout), Ok(MIN_LOCK_TIMEOUT));
     }
 
     #[test]

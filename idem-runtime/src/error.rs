@@ -229,6 +229,17 @@ pub enum ConfigError {
         /// The value given.
         value: Duration,
     },
+    /// The lease is too short for a renewal to land before it ends.
+    #[error(
+        "`lock_timeout` is {lease:?}, shorter than the minimum of {min:?}: a lease that short \
+         ends before its renewal reaches the store; use at least {min:?}"
+    )]
+    LeaseTooShort {
+        /// The lease given.
+        lease: Duration,
+        /// The shortest lease accepted ([`MIN_LOCK_TIMEOUT`](crate::MIN_LOCK_TIMEOUT)).
+        min: Duration,
+    },
     /// A size limit is zero.
     #[error("`{setting}` must be at least 1")]
     ZeroLimit {

@@ -1,8 +1,9 @@
 //! In-process coalescing: calls in one process for the same key share one claim.
 //!
 //! The first caller for a store key becomes the *leader* of a flight and talks to the store;
-//! later callers with the same fingerprint *join* the flight and wait for it to change,
-//! touching the store not at all. The leader publishes how the flight ended; if it ended
+//! later callers that the store would answer alike (the same fingerprint and the same
+//! fingerprint validation) *join* the flight and wait for it to change, touching the store
+//! not at all. The leader publishes how the flight ended; if it ended
 //! without a result (the key was released, or the leader gave up or was dropped), joiners
 //! start over.
 //!
@@ -25,9 +26,10 @@ pub(crate) struct Flights {
     map: Mutex<HashMap<Arc<str>, Arc<Flight>>>,
 }
 
-/// One flight: its fingerprint, where it is, and the joiners' wake-up.
+/// One flight: what its leader asks the store, where it is, and the joiners' wake-up.
 pub(crate) struct Flight {
     fingerprint: Fingerprint,
+    validate_fingerprint: bool,
     state: Mutex<FlightState>,
     changed: Notify,
 }
@@ -83,19 +85,30 @@ impl Joining {
 }
 
 impl Flights {
-    /// Leads the flight for `key`, or joins it when one is under way with the same
-    /// fingerprint. A caller with another fingerprint neither leads nor joins: it goes to
-    /// the store on its own (`None`), which answers it with the stored fingerprint.
-    pub fn enter(self: &Arc<Self>, key: &str, fingerprint: &Fingerprint) -> Option<Role> {
+    /// Leads the flight for `key`, or joins it when one is under way whose leader the store
+    /// answers as it would answer this caller: the same fingerprint, compared or not alike.
+    /// Any other caller neither leads nor joins: it goes to the store on its own (`None`).
+    /// A caller that compares fingerprints must never get the record a non-comparing leader
+    /// replays (made with other arguments), nor one that does not compare the refusal a
+    /// comparing leader got.
+    pub fn enter(
+        self: &Arc<Self>,
+        key: &str,
+        fingerprint: &Fingerprint,
+        validate_fingerprint: bool,
+    ) -> Option<Role> {
         let mut map = lock(&self.map);
         if let Some(flight) = map.get(key) {
-            if flight.fingerprint != *fingerprint {
+            let alike = flight.fingerprint == *fingerprint
+                && flight.validate_fingerprint == validate_fingerprint;
+            if !alike {
                 return None;
             }
             return Some(Role::Joiner(Joining(Arc::clone(flight))));
         }
         let flight = Arc::new(Flight {
             fingerprint: *fingerprint,
+            validate_fingerprint,
             state: Mutex::new(FlightState::Claiming),
             changed: Notify::new(),
         });

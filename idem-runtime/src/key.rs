@@ -225,7 +225,10 @@ mod tests {
         assert_eq!(Key::scoped("s".repeat(200), "k").validate(8), Ok(()));
         assert_eq!(
             Key::scoped("s".repeat(256), "k").validate(255),
-            Err(KeyRule::Scope(Box::new(KeyRule::TooLong { len: 256, max: 255 })))
+            Err(KeyRule::Scope(Box::new(KeyRule::TooLong {
+                len: 256,
+                max: 255
+            })))
         );
         assert_eq!(
             Key::scoped("s\t", "k").validate(255),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{FailurePolicy, Resolved, Settings, MAX_DURATION};
+use crate::config::{FailurePolicy, Resolved, Settings, MAX_DURATION, MIN_LOCK_TIMEOUT};
 use crate::fingerprint::Fingerprint;
 use crate::flight::{FlightEnd, FlightGuard};
 use crate::key::Key;
@@ -76,14 +76,14 @@ impl Lease {
     /// A lease that no store holds, for mocks of [`Idempotency`](crate::Idempotency) in
     /// tests: a real service answers [`Error::LeaseLost`](crate::Error::LeaseLost) for it.
     ///
-    /// `lock_timeout` is kept within what a service accepts (1 ms to [`MAX_DURATION`]); the
-    /// other options are the default settings'.
+    /// `lock_timeout` is kept within what a service accepts ([`MIN_LOCK_TIMEOUT`] to
+    /// [`MAX_DURATION`]); the other options are the default settings'.
     pub fn detached(key: Key, fingerprint: Fingerprint, lock_timeout: Duration) -> Self {
         let settings = Settings::default();
         let options = Resolved {
             ttl: settings.ttl,
             failure_ttl: settings.failure_ttl,
-            lock_timeout: lock_timeout.clamp(Duration::from_millis(1), MAX_DURATION),
+            lock_timeout: lock_timeout.clamp(MIN_LOCK_TIMEOUT, MAX_DURATION),
             wait_timeout: settings.wait_timeout,
             wait: true,
             validate_fingerprint: settings.validate_fingerprint,

@@ -65,6 +65,7 @@
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+mod batch;
 mod classify;
 mod config;
 mod error;
@@ -80,7 +81,9 @@ mod service;
 pub mod store;
 
 pub use classify::{Classify, OnError};
-pub use config::{CallOptions, ErrorPolicy, FailurePolicy, Settings, MAX_DURATION};
+pub use config::{
+    CallOptions, ErrorPolicy, FailurePolicy, Settings, MAX_DURATION, MIN_LOCK_TIMEOUT,
+};
 pub use error::{BoxError, ConfigError, Error, StoreError};
 pub use fingerprint::{fingerprint, Fingerprint, FingerprintError};
 pub use key::{Key, KeyRule, MAX_SCOPE_LEN};

@@ -135,14 +135,13 @@ impl Response {
         self
     }
 
-    /// The size this response takes in a store, near enough to enforce a size cap.
+    /// The size that [`Settings::max_response_bytes`](crate::Settings::max_response_bytes)
+    /// caps: the body's bytes plus the bytes of every header name and value. The status
+    /// code and a store's own framing are not counted, so the cap means the same on every
+    /// store.
     pub fn encoded_len(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 8)
-            .sum();
-        self.body.as_bytes().len() + headers + 16
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.body.as_bytes().len() + headers
     }
 }
 

@@ -31,44 +31,12 @@ const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// How a leader starts: its owner token, and the reply of its first claim when a batch
 /// already sent it.
-struct Start {
-    token: Token,
-    first: Option<Result<ClaimReply, Error>>,
+pub(crate) struct Start {
+    pub token: Token,
+    pub first: Option<Result<ClaimReply, Error>>,
 }
 
-/// One item of [`IdempotencyService::check_and_lock_many`]: a key, its call's fingerprint
-/// and options, as [`check_and_lock`](Idempotency::check_and_lock) takes them.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchItem<'a> {
-    /// The key.
-    pub key: &'a Key,
-    /// The fingerprint of this item's arguments.
-    pub fingerprint: &'a Fingerprint,
-    /// This item's options.
-    pub options: &'a CallOptions,
-}
-
-/// How a batch answers one of its items.
-enum Plan<'a> {
-    /// Known before asking the store (bad key or options).
-    Answer(Result<CheckOutcome, Error>),
-    /// Claimed with the others.
-    Claim(BatchClaim<'a>),
-    /// A call in this process is claiming the key: joined as a single call.
-    Alone,
-    /// The key repeats the item at this index.
-    After(usize),
-}
-
-/// An item claimed with the batch.
-struct BatchClaim<'a> {
-    store_key: String,
-    fingerprint: &'a Fingerprint,
-    token: Token,
-    options: Resolved,
-    flight: Option<FlightGuard>,
-    deadline: Instant,
-}
+pub use crate::batch::BatchItem;
 
 /// How a joiner's wait on this process's flight ended.
 // Moved once, straight into the caller's return value, like the `CheckOutcome` it holds.
@@ -213,7 +181,7 @@ impl<S: Store> ServiceBuilder<S> {
         self
     }
 
-    /// The lease.
+    /// The lease; at least [`MIN_LOCK_TIMEOUT`](crate::MIN_LOCK_TIMEOUT).
     pub fn lock_timeout(mut self, lease: Duration) -> Self {
         self.settings.lock_timeout = lease;
         self
@@ -249,7 +217,8 @@ impl<S: Store> ServiceBuilder<S> {
         self
     }
 
-    /// Largest response stored for replay.
+    /// Largest response stored for replay, body plus header names and values; see
+    /// [`Settings::max_response_bytes`].
     pub fn max_response_bytes(mut self, bytes: usize) -> Self {
         self.settings.max_response_bytes = bytes;
         self
@@ -301,6 +270,11 @@ impl IdempotencyService {
         &*self.inner.store
     }
 
+    /// This process's flights, shared by the service's clones.
+    pub(crate) fn flights(&self) -> &Arc<Flights> {
+        &self.inner.flights
+    }
+
     /// Runs `operation` while renewing `lease`; see [`keep_alive`].
     pub async fn keep_alive<F: Future>(&self, lease: &Lease, operation: F) -> F::Output {
         keep_alive(self, lease, operation).await
@@ -340,6 +314,56 @@ impl IdempotencyService {
         }
     }
 
+    /// `options` over the settings, checked.
+    pub(crate) fn resolved(&self, key: &Key, options: &CallOptions) -> Result<Resolved, Error> {
+        options
+            .resolve(&self.inner.settings)
+            .map_err(|source| Error::Options {
+                key: for_message(key),
+                source,
+            })
+    }
+
+    /// [`check_and_lock`](Idempotency::check_and_lock) once its options are resolved and its
+    /// key checked: joins this process's flight for the key, or leads it, within the wait
+    /// budget that ends at `deadline`.
+    pub(crate) async fn call(
+        &self,
+        key: &Key,
+        store_key: &str,
+        fingerprint: &Fingerprint,
+        options: Resolved,
+        deadline: Instant,
+    ) -> Result<CheckOutcome, Error> {
+        // A call that will not wait asks the store, which knows how long the owner's lease
+        // still runs, instead of joining this process's flight.
+        if !options.wait {
+            return self
+                .lead(key, store_key, fingerprint, options, None, deadline)
+                .await;
+        }
+        loop {
+            let entered =
+                self.inner
+                    .flights
+                    .enter(store_key, fingerprint, options.validate_fingerprint);
+            let flight = match entered {
+                Some(Role::Leader(flight)) => Some(flight),
+                Some(Role::Joiner(flight)) => {
+                    match self.join(key, flight, &options, deadline).await? {
+                        Joined::Outcome(outcome) => return Ok(outcome),
+                        Joined::Vacated => continue,
+                        Joined::LeaseLapsed => None,
+                    }
+                }
+                None => None,
+            };
+            return self
+                .lead(key, store_key, fingerprint, options, flight, deadline)
+                .await;
+        }
+    }
+
     /// The leader's side: claim, and while another process's owner works, wait and claim
     /// again until the key is ours, finished, or the wait budget is spent.
     async fn lead(
@@ -368,7 +392,7 @@ impl IdempotencyService {
     /// [`lead`](Self::lead) with the token made, and maybe the first claim's reply known
     /// (from a batch).
     #[allow(clippy::too_many_arguments)]
-    async fn lead_from(
+    pub(crate) async fn lead_from(
         &self,
         key: &Key,
         store_key: &str,
@@ -460,7 +484,7 @@ impl IdempotencyService {
         }
     }
 
-    fn on_store_error(&self, error: Error) -> Result<CheckOutcome, Error> {
+    pub(crate) fn on_store_error(&self, error: Error) -> Result<CheckOutcome, Error> {
         tracing::warn!(key = %error.key(), %error, "store error");
         match self.inner.settings.error_policy {
             ErrorPolicy::FailClosed => Err(error),
@@ -583,62 +607,11 @@ impl Idempotency for IdempotencyService {
         fingerprint: &Fingerprint,
         options: &CallOptions,
     ) -> Result<CheckOutcome, Error> {
-        let settings = &self.inner.settings;
-        let options = options.resolve(settings).map_err(|source| Error::Options {
-            key: for_message(key),
-            source,
-        })?;
-        key.validate(settings.max_key_len)
-            .map_err(|rule| Error::InvalidKey {
-                key: for_message(key),
-                rule,
-            })?;
-        let store_key = key.store_key(&settings.key_prefix);
-        // The budget is unchecked (and unused) when the call does not wait.
-        let deadline = match options.wait {
-            true => Instant::now() + options.wait_timeout,
-            false => Instant::now(),
-        };
-
-        // A call that will not wait asks the store, which knows how long the owner's lease
-        // still runs, instead of joining this process's flight.
-        if !options.wait {
-            return self
-                .lead(key, &store_key, fingerprint, options, None, deadline)
-                .await;
-        }
-        loop {
-            match self.inner.flights.enter(&store_key, fingerprint) {
-                Some(Role::Leader(flight)) => {
-                    return self
-                        .lead(
-                            key,
-                            &store_key,
-                            fingerprint,
-                            options,
-                            Some(flight),
-                            deadline,
-                        )
-                        .await;
-                }
-                Some(Role::Joiner(flight)) => {
-                    match self.join(key, flight, &options, deadline).await? {
-                        Joined::Outcome(outcome) => return Ok(outcome),
-                        Joined::Vacated => {}
-                        Joined::LeaseLapsed => {
-                            return self
-                                .lead(key, &store_key, fingerprint, options, None, deadline)
-                                .await;
-                        }
-                    }
-                }
-                None => {
-                    return self
-                        .lead(key, &store_key, fingerprint, options, None, deadline)
-                        .await;
-                }
-            }
-        }
+        let options = self.resolved(key, options)?;
+        let store_key = self.checked_store_key(key)?;
+        let deadline = deadline_of(&options);
+        self.call(key, &store_key, fingerprint, options, deadline)
+            .await
     }
 
     async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
@@ -729,138 +702,8 @@ impl Idempotency for IdempotencyService {
 }
 
 impl IdempotencyService {
-    /// Claims or replays many keys at once: each item is answered as
-    /// [`check_and_lock`](Idempotency::check_and_lock) would answer it alone, in the order
-    /// given.
-    ///
-    /// The first claims of all items go to the store together ([`Store::claim_many`]; on
-    /// Redis one round trip per node), so a batch of replays and fresh keys costs one round
-    /// trip, not one per item. Items that then find another owner at work wait as a single
-    /// call would (or answer [`CheckOutcome::InProgress`] when their options say not to
-    /// wait), one after another, each within its own wait budget counted from the start of
-    /// the batch. Items whose key a call in this process is claiming join that call.
-    ///
-    /// A key that appears twice is claimed once: the later item is answered after the
-    /// first, and when the first acquired the key, with [`Error::Reentrant`] (waiting would
-    /// wait on the batch's own lease).
-    pub async fn check_and_lock_many(
-        &self,
-        items: &[BatchItem<'_>],
-    ) -> Vec<Result<CheckOutcome, Error>> {
-        let plans: Vec<Plan> = items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| self.plan(items, index, item))
-            .collect();
-
-        let claims: Vec<Claim<'_>> = plans
-            .iter()
-            .filter_map(|plan| match plan {
-                Plan::Claim(claim) => Some(Claim {
-                    key: &claim.store_key,
-                    fingerprint: claim.fingerprint,
-                    validate_fingerprint: claim.options.validate_fingerprint,
-                    token: &claim.token,
-                    lease: claim.options.lock_timeout,
-                }),
-                _ => None,
-            })
-            .collect();
-        let mut replies = match claims.is_empty() {
-            true => Vec::new(),
-            false => self.inner.store.claim_many(&claims).await,
-        }
-        .into_iter();
-        drop(claims);
-
-        let mut outcomes: Vec<Result<CheckOutcome, Error>> = Vec::with_capacity(items.len());
-        for (plan, item) in plans.into_iter().zip(items) {
-            let outcome = match plan {
-                Plan::Answer(outcome) => outcome,
-                Plan::Alone => {
-                    self.check_and_lock(item.key, item.fingerprint, item.options)
-                        .await
-                }
-                Plan::After(first) => match &outcomes[first] {
-                    Ok(CheckOutcome::Acquired(_)) => Err(Error::Reentrant {
-                        key: for_message(item.key),
-                    }),
-                    _ => {
-                        self.check_and_lock(item.key, item.fingerprint, item.options)
-                            .await
-                    }
-                },
-                Plan::Claim(claim) => {
-                    let first = match replies.next() {
-                        // Sent again with the same token by the usual path, which the store
-                        // recognises if the first attempt landed.
-                        Some(Err(StoreError::Connection(_))) | None => None,
-                        Some(reply) => Some(reply.map_err(|e| store_error(item.key, e))),
-                    };
-                    let start = Start {
-                        token: claim.token,
-                        first,
-                    };
-                    let (key, fingerprint) = (item.key, claim.fingerprint);
-                    self.lead_from(
-                        key,
-                        &claim.store_key,
-                        fingerprint,
-                        claim.options,
-                        claim.flight,
-                        claim.deadline,
-                        start,
-                    )
-                    .await
-                }
-            };
-            outcomes.push(outcome);
-        }
-        outcomes
-    }
-
-    /// How the batch answers `items[index]`.
-    fn plan<'a>(&self, items: &[BatchItem<'a>], index: usize, item: &BatchItem<'a>) -> Plan<'a> {
-        let settings = &self.inner.settings;
-        let options = match item.options.resolve(settings) {
-            Ok(options) => options,
-            Err(source) => {
-                return Plan::Answer(Err(Error::Options {
-                    key: for_message(item.key),
-                    source,
-                }))
-            }
-        };
-        let store_key = match self.checked_store_key(item.key) {
-            Ok(store_key) => store_key,
-            Err(error) => return Plan::Answer(Err(error)),
-        };
-        if let Some(first) = items[..index].iter().position(|i| i.key == item.key) {
-            return Plan::After(first);
-        }
-        let flight = match options.wait {
-            true => match self.inner.flights.enter(&store_key, item.fingerprint) {
-                Some(Role::Leader(flight)) => Some(flight),
-                Some(Role::Joiner(_)) => return Plan::Alone,
-                None => None,
-            },
-            false => None,
-        };
-        let deadline = match options.wait {
-            true => Instant::now() + options.wait_timeout,
-            false => Instant::now(),
-        };
-        Plan::Claim(BatchClaim {
-            store_key,
-            fingerprint: item.fingerprint,
-            token: Token::generate(),
-            options,
-            flight,
-            deadline,
-        })
-    }
-
-    fn checked_store_key(&self, key: &Key) -> Result<String, Error> {
+    /// The store key of `key`, once `key` follows the key rules.
+    pub(crate) fn checked_store_key(&self, key: &Key) -> Result<String, Error> {
         let settings = &self.inner.settings;
         key.validate(settings.max_key_len)
             .map_err(|rule| Error::InvalidKey {
@@ -872,7 +715,9 @@ impl IdempotencyService {
 }
 
 /// Runs `operation` while renewing `lease` every third of its lock timeout, so an
-/// operation longer than the lease is not taken over while this future is alive.
+/// operation longer than the lease is not taken over while this future is alive. Each
+/// renewal has two thirds of the lease to reach the store; services refuse leases shorter
+/// than [`MIN_LOCK_TIMEOUT`](crate::MIN_LOCK_TIMEOUT), which would leave it no time.
 ///
 /// When a renewal finds the lease lost, the operation is left to finish (stopping it
 /// halfway could leave a side effect half done); the lease is marked lost, a warning is
@@ -883,7 +728,7 @@ where
     S: Idempotency + ?Sized,
     F: Future,
 {
-    let period = (lease.lock_timeout() / 3).max(Duration::from_millis(1));
+    let period = renewal_period(lease.lock_timeout());
     let renewals = async {
         let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -908,6 +753,21 @@ where
     }
 }
 
+/// When a call with `options` stops waiting for another owner. The budget is unchecked (and
+/// unused) when the call does not wait.
+pub(crate) fn deadline_of(options: &Resolved) -> Instant {
+    match options.wait {
+        true => Instant::now() + options.wait_timeout,
+        false => Instant::now(),
+    }
+}
+
+/// How often a lease of `lock_timeout` is renewed: every third of it, so a renewal that
+/// misses (a store error, a slow round trip) is tried again before the lease ends.
+pub(crate) fn renewal_period(lock_timeout: Duration) -> Duration {
+    lock_timeout / 3
+}
+
 fn replay(key: &Key, record: Record) -> Result<CheckOutcome, Error> {
     match record.state {
         RecordState::Completed { .. } => Ok(CheckOutcome::Completed(record)),
@@ -920,7 +780,7 @@ fn replay(key: &Key, record: Record) -> Result<CheckOutcome, Error> {
     }
 }
 
-fn store_error(key: &Key, source: StoreError) -> Error {
+pub(crate) fn store_error(key: &Key, source: StoreError) -> Error {
     Error::Store {
         key: for_message(key),
         source,

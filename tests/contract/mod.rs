@@ -119,6 +119,10 @@ macro_rules! store_contract_tests {
             an_oversized_result_is_recorded_and_never_run_again
             keys_are_compared_as_exact_bytes
             a_batch_answers_every_item_in_order_as_a_single_call_would
+            a_batch_keeps_the_leases_it_acquired_alive_while_another_item_waits
+            a_batch_claims_again_a_lease_it_lost_while_another_item_waited
+            callers_that_compare_fingerprints_never_share_an_answer_with_callers_that_do_not
+            a_result_exactly_at_the_size_cap_is_stored_and_one_byte_more_is_not
         );
     };
     (@cases ($fixture:expr) ($test:meta) $($case:ident)*) => {
@@ -1387,7 +1391,7 @@ pub async fn an_oversized_result_is_recorded_and_never_run_again<F: Fixture>(f: 
 
     match stored {
         Err(Error::ResultTooLarge { key, size, limit }) => {
-            assert_eq!((key.as_str(), size, limit), ("export-1", 116, 64));
+            assert_eq!((key.as_str(), size, limit), ("export-1", 100, 64));
         }
         other => panic!("expected the result to be too large, got {other:?}"),
     }
@@ -1512,3 +1516,262 @@ pub async fn a_batch_answers_every_item_in_order_as_a_single_call_would<F: Fixtu
 }
 
 const FP2: Fingerprint = Fingerprint::from_bytes([2; 32]);
+
+/// A batch that waits for one item holds the leases it acquired for the others: it renews
+/// them, so no caller elsewhere takes them over before the batch answers (and runs the
+/// operation a second time), and a caller in the batch's own process waits for the batch's
+/// outcome.
+pub async fn a_batch_keeps_the_leases_it_acquired_alive_while_another_item_waits<F: Fixture>(
+    f: &F,
+) {
+    let case = Case::new(f, "batch-holds");
+    let (busy, fresh) = (Key::new("busy"), Key::new("fresh"));
+    let runs = Arc::new(AtomicUsize::new(0));
+    // Another process owns `busy` for three leases, renewing its lease all along.
+    let other = case.service();
+    let owned = acquire(&other, &busy, &fp(1)).await;
+    let owner = {
+        let body = tokio::time::sleep(case.lease * 3);
+        tokio::spawn(async move {
+            other.keep_alive(&owned, body).await;
+            other.complete(&owned, text("busy done")).await
+        })
+    };
+
+    let batcher = case.service();
+    let batch = {
+        let (batcher, runs) = (batcher.clone(), Arc::clone(&runs));
+        let (busy, fresh) = (busy.clone(), fresh.clone());
+        tokio::spawn(async move {
+            let options = CallOptions::new();
+            let items = [
+                BatchItem {
+                    key: &busy,
+                    fingerprint: &FP1,
+                    options: &options,
+                },
+                BatchItem {
+                    key: &fresh,
+                    fingerprint: &FP1,
+                    options: &options,
+                },
+            ];
+            let mut outcomes = batcher.check_and_lock_many(&items).await.into_iter();
+            let waited = outcomes.next().expect("two answers").expect("no error");
+            let Some(Ok(CheckOutcome::Acquired(lease))) = outcomes.next() else {
+                panic!("the fresh key is acquired by the batch");
+            };
+            // The batch's caller runs the fresh key's operation as soon as it is answered.
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            let stored = batcher.complete(&lease, text(&format!("run {run}"))).await;
+            (replayed(waited), stored)
+        })
+    };
+    // One caller in the batch's process, and one elsewhere once the fresh key's first lease
+    // would have ended had nobody renewed it.
+    case.sleep(case.lease / 4).await;
+    let here = tokio::spawn(call_once(
+        batcher,
+        fresh.clone(),
+        CallOptions::new(),
+        Arc::clone(&runs),
+        Duration::ZERO,
+    ));
+    case.sleep(case.lease * 5 / 4).await;
+    let elsewhere = tokio::spawn(call_once(
+        case.service(),
+        fresh.clone(),
+        CallOptions::new(),
+        Arc::clone(&runs),
+        Duration::ZERO,
+    ));
+
+    let (waited, stored) = batch.await.expect("batch task");
+    assert_eq!(waited, text("busy done"));
+    assert!(stored.is_ok(), "the batch's lease was lost: {stored:?}");
+    assert_eq!(
+        here.await.expect("caller in the batch's process"),
+        text("run 1")
+    );
+    assert_eq!(elsewhere.await.expect("caller elsewhere"), text("run 1"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    owner.await.expect("owner task").expect("complete");
+    case.assert_every_record_expires().await;
+}
+
+/// Spawns one `check_and_lock` of `key` with `fingerprint` and `options` on `service`.
+fn spawn_check(
+    service: &IdempotencyService,
+    key: &Key,
+    fingerprint: Fingerprint,
+    options: CallOptions,
+) -> tokio::task::JoinHandle<CheckOutcome> {
+    let (service, key) = (service.clone(), key.clone());
+    tokio::spawn(async move { check(&service, &key, &fingerprint, &options).await })
+}
+
+/// Callers in one process share a claim only when the store would answer them alike. One
+/// that compares fingerprints never gets the record that a caller that does not compare
+/// replays (made with other arguments); one that does not compare is never refused because
+/// a caller that compares was.
+pub async fn callers_that_compare_fingerprints_never_share_an_answer_with_callers_that_do_not<
+    F: Fixture,
+>(
+    f: &F,
+) {
+    let case = Case::new(f, "validation-flights");
+    let service = case.service();
+    let (lax, strict) = (
+        CallOptions::new().validate_fingerprint(false),
+        CallOptions::new(),
+    );
+    let claimed_with = |fingerprint| Record {
+        fingerprint,
+        token: Token::generate(),
+        fence: 1,
+        started_at: 0,
+        state: RecordState::Processing { lease_until: None },
+    };
+    let completed_with = |fingerprint| Record {
+        fingerprint,
+        token: Token::generate(),
+        fence: 1,
+        started_at: 0,
+        state: RecordState::Completed {
+            response: text("made with A"),
+            completed_at: 1,
+        },
+    };
+    let (a, b) = (fp(0xA), fp(0xB));
+
+    // A caller that does not compare waits on a claim made with A; one that compares, with
+    // B, comes along in the same process; then the claim with A completes.
+    let key = Key::new("lax-first");
+    let store_key = case.store_key(&key);
+    let kept = case.lease * 20;
+    case.fixture
+        .insert_raw(&store_key, claimed_with(a), kept)
+        .await;
+    let first = spawn_check(&service, &key, b, lax.clone());
+    case.sleep(case.lease / 4).await;
+    let second = spawn_check(&service, &key, b, strict.clone());
+    case.sleep(case.lease / 4).await;
+    case.fixture
+        .insert_raw(&store_key, completed_with(a), kept)
+        .await;
+
+    assert_eq!(replayed(first.await.expect("first")), text("made with A"));
+    assert_mismatch(second.await.expect("second"), a);
+
+    // A caller that compares waits on a claim made with B, as it is; one that does not
+    // compare comes along; then the claim is replaced by a record made with A.
+    let key = Key::new("strict-first");
+    let store_key = case.store_key(&key);
+    case.fixture
+        .insert_raw(&store_key, claimed_with(b), kept)
+        .await;
+    let first = spawn_check(&service, &key, b, strict);
+    case.sleep(case.lease / 4).await;
+    let second = spawn_check(&service, &key, b, lax);
+    case.sleep(case.lease / 4).await;
+    case.fixture
+        .insert_raw(&store_key, completed_with(a), kept)
+        .await;
+
+    assert_mismatch(first.await.expect("first"), a);
+    assert_eq!(replayed(second.await.expect("second")), text("made with A"));
+    case.assert_every_record_expires().await;
+}
+
+/// The size cap counts the body's bytes and the bytes of header names and values, nothing
+/// else: a result of exactly the cap is stored and replayed, one byte more is recorded as
+/// not replayable.
+pub async fn a_result_exactly_at_the_size_cap_is_stored_and_one_byte_more_is_not<F: Fixture>(
+    f: &F,
+) {
+    let mut case = Case::new(f, "size-cap");
+    case.settings.max_response_bytes = 100;
+    let service = case.service();
+    // 90 body bytes and a header of 4 + 6 bytes.
+    let at_cap = Response::new(201, Body::bytes(vec![b'x'; 90])).with_header("Etag", "abcdef");
+    let over = Response::new(201, Body::bytes(vec![b'x'; 91])).with_header("Etag", "abcdef");
+    let (kept, refused) = (Key::new("at-cap"), Key::new("over-cap"));
+
+    let lease = acquire(&service, &kept, &fp(1)).await;
+    let stored = service.complete(&lease, at_cap.clone()).await;
+    let lease = acquire(&service, &refused, &fp(1)).await;
+    let too_large = service.complete(&lease, over).await;
+
+    assert!(stored.is_ok(), "{stored:?}");
+    match too_large {
+        Err(Error::ResultTooLarge { key, size, limit }) => {
+            assert_eq!((key.as_str(), size, limit), ("over-cap", 101, 100));
+        }
+        other => panic!("expected the result to be too large, got {other:?}"),
+    }
+    let replay = check(&case.service(), &kept, &fp(1), &wait_not()).await;
+    assert_eq!(replayed(replay), at_cap);
+    match check(&case.service(), &refused, &fp(1), &wait_not()).await {
+        CheckOutcome::NotReplayable(record) => {
+            assert_eq!(record.status(), RecordStatus::NotReplayable);
+        }
+        other => panic!("expected not replayable, got {other:?}"),
+    }
+    case.assert_every_record_expires().await;
+}
+
+/// A lease a batch holds can still be lost while another item waits (here its record is
+/// deleted by force); the batch then claims the key again within the item's budget, and
+/// answers with the new lease, never the lost one.
+pub async fn a_batch_claims_again_a_lease_it_lost_while_another_item_waited<F: Fixture>(f: &F) {
+    let case = Case::new(f, "batch-relost");
+    let (busy, fresh) = (Key::new("busy"), Key::new("fresh"));
+    let other = case.service();
+    let owned = acquire(&other, &busy, &fp(1)).await;
+    let owner = {
+        let body = tokio::time::sleep(case.lease * 2);
+        tokio::spawn(async move {
+            other.keep_alive(&owned, body).await;
+            other.complete(&owned, text("busy done")).await
+        })
+    };
+    let batch = {
+        let batcher = case.service();
+        let (busy, fresh) = (busy.clone(), fresh.clone());
+        tokio::spawn(async move {
+            let options = CallOptions::new();
+            let item = |key| BatchItem {
+                key,
+                fingerprint: &FP1,
+                options: &options,
+            };
+            let mut outcomes = batcher
+                .check_and_lock_many(&[item(&busy), item(&fresh)])
+                .await
+                .into_iter();
+            let waited = outcomes.next().expect("two answers").expect("no error");
+            let Some(Ok(CheckOutcome::Acquired(lease))) = outcomes.next() else {
+                panic!("the fresh key is acquired again by the batch");
+            };
+            let claimed = record(&batcher, &fresh).await.expect("the new claim");
+            let stored = batcher.complete(&lease, text("fresh done")).await;
+            (replayed(waited), claimed.token == *lease.token(), stored)
+        })
+    };
+
+    case.sleep(case.lease / 2).await;
+    let deleted = case.service().delete(&fresh, true).await.expect("delete");
+
+    let (waited, current, stored) = batch.await.expect("batch task");
+    assert_eq!(deleted, DeleteReply::Deleted);
+    assert_eq!(waited, text("busy done"));
+    assert!(
+        current,
+        "the batch answered with a lease the store does not hold"
+    );
+    assert!(stored.is_ok(), "{stored:?}");
+    let replay = check(&case.service(), &fresh, &fp(1), &wait_not()).await;
+    assert_eq!(replayed(replay), text("fresh done"));
+    owner.await.expect("owner task").expect("complete");
+    case.assert_every_record_expires().await;
+}

@@ -39,9 +39,11 @@ if record then
 
   if f.st == 'processing' then
     local until_ms = lease_end(key, f, now_ms)
-    if until_ms == nil or until_ms > now_ms then
-      local remaining = until_ms and (until_ms - now_ms) or redis.call('PTTL', key)
-      return {'busy', int(math.max(remaining, 0))}
+    if until_ms == nil then
+      return held_until_expiry(key)
+    end
+    if until_ms > now_ms then
+      return {'busy', int(until_ms - now_ms)}
     end
     previous_fence = tonumber(f.fence)
     if previous_fence == nil then

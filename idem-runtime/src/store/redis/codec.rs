@@ -51,7 +51,19 @@ impl Reply {
     /// The `index`th item as a number.
     pub fn number(&self, key: &str, index: usize) -> Result<u64, StoreError> {
         let item = self.items.get(index).map(Vec::as_slice).unwrap_or_default();
-        parse_number(key, "reply", item)
+        std::str::from_utf8(item)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                corrupt(
+                    key,
+                    format!(
+                        "the script's {:?} reply holds {:?} where a whole number belongs",
+                        self.tag,
+                        String::from_utf8_lossy(item)
+                    ),
+                )
+            })
     }
 
     /// The `index`th item as text.
@@ -225,20 +237,22 @@ pub(crate) fn decode(key: &str, value: Vec<u8>) -> Result<Record, StoreError> {
 }
 
 /// The header line of a record, borrowed from it; fields this version does not know are
-/// skipped, so a later minor addition stays readable.
+/// skipped, so a later minor addition stays readable. Every number field present is read
+/// (and checked) as the line is parsed, whether or not the record's state uses it, so a
+/// record with a garbled field is refused on every path, as the scripts refuse it.
 #[derive(Default)]
 struct Header<'a> {
     status: &'a str,
     fp: Option<&'a str>,
     tok: Option<&'a str>,
-    fence: Option<&'a str>,
-    sa: Option<&'a str>,
-    lu: Option<&'a str>,
-    ls: Option<&'a str>,
-    ca: Option<&'a str>,
-    code: Option<&'a str>,
+    fence: Option<u64>,
+    sa: Option<u64>,
+    lu: Option<u64>,
+    ls: Option<u64>,
+    ca: Option<u64>,
+    code: Option<u64>,
     bt: Option<&'a str>,
-    hl: Option<&'a str>,
+    hl: Option<u64>,
     /// Where the payload starts.
     payload: usize,
 }
@@ -275,15 +289,21 @@ impl<'a> Header<'a> {
                 "st" => &mut status,
                 "fp" => &mut header.fp,
                 "tok" => &mut header.tok,
-                "fence" => &mut header.fence,
-                "sa" => &mut header.sa,
-                "lu" => &mut header.lu,
-                "ls" => &mut header.ls,
-                "ca" => &mut header.ca,
-                "code" => &mut header.code,
                 "bt" => &mut header.bt,
-                "hl" => &mut header.hl,
-                _ => continue,
+                _ => {
+                    let slot = match name {
+                        "fence" => &mut header.fence,
+                        "sa" => &mut header.sa,
+                        "lu" => &mut header.lu,
+                        "ls" => &mut header.ls,
+                        "ca" => &mut header.ca,
+                        "code" => &mut header.code,
+                        "hl" => &mut header.hl,
+                        _ => continue,
+                    };
+                    *slot = Some(parse_number(key, name, text.as_bytes())?);
+                    continue;
+                }
             };
             *slot = Some(text);
         }
@@ -295,26 +315,26 @@ impl<'a> Header<'a> {
         let fingerprint = parse_hex(required(key, "fp", self.fp)?)
             .ok_or_else(|| corrupt(key, "field `fp` is not a 64-digit hex fingerprint".into()))?;
         let token = Token::from_stored(required(key, "tok", self.tok)?);
-        let fence = number(key, "fence", self.fence)?;
-        let started_at = number(key, "sa", self.sa)?;
+        let fence = required(key, "fence", self.fence)?;
+        let started_at = required(key, "sa", self.sa)?;
         let payload = value.slice(self.payload.min(value.len())..);
 
         let state = match self.status {
             "processing" => RecordState::Processing {
-                lease_until: self.lease_until(key, started_at)?,
+                lease_until: self.lease_until(started_at),
             },
             "completed" => RecordState::Completed {
                 response: self.response(key, payload)?,
-                completed_at: number(key, "ca", self.ca)?,
+                completed_at: required(key, "ca", self.ca)?,
             },
             "failed" => RecordState::Failed {
                 error: self.response(key, payload)?,
-                completed_at: number(key, "ca", self.ca)?,
+                completed_at: required(key, "ca", self.ca)?,
             },
             "not_replayable" => RecordState::NotReplayable {
                 reason: String::from_utf8(payload.to_vec())
                     .map_err(|_| corrupt(key, "the reason is not UTF-8".into()))?,
-                completed_at: number(key, "ca", self.ca)?,
+                completed_at: required(key, "ca", self.ca)?,
             },
             other => return Err(corrupt(key, format!("unknown status {other:?}"))),
         };
@@ -329,24 +349,16 @@ impl<'a> Header<'a> {
 
     /// The lease end: given (`lu`, on the server's clock), or the claim time plus the lease
     /// length (`ls`, for a fresh claim, whose times come from the client's clock), or none.
-    fn lease_until(&self, key: &str, started_at: Millis) -> Result<Option<Millis>, StoreError> {
-        if let Some(lu) = self.lu {
-            return parse_number(key, "lu", lu.as_bytes()).map(Some);
-        }
-        match self.ls {
-            Some(ls) => Ok(Some(started_at + parse_number(key, "ls", ls.as_bytes())?)),
-            None => Ok(None),
-        }
+    /// Both numbers are at most [`MAX_NUMBER`], so their sum cannot overflow.
+    fn lease_until(&self, started_at: Millis) -> Option<Millis> {
+        self.lu.or_else(|| self.ls.map(|ls| started_at + ls))
     }
 
     fn response(&self, key: &str, payload: Bytes) -> Result<Response, StoreError> {
-        let code = number(key, "code", self.code)?;
+        let code = required(key, "code", self.code)?;
         let status = u16::try_from(code)
             .map_err(|_| corrupt(key, format!("status code {code} is out of range")))?;
-        let headers_len = match self.hl {
-            Some(hl) => parse_number(key, "hl", hl.as_bytes())? as usize,
-            None => 0,
-        };
+        let headers_len = usize::try_from(self.hl.unwrap_or(0)).unwrap_or(usize::MAX);
         if headers_len > payload.len() {
             return Err(corrupt(key, "field `hl` is longer than the payload".into()));
         }
@@ -418,23 +430,29 @@ fn parse_hex(text: &str) -> Option<Fingerprint> {
     Some(Fingerprint::from_bytes(bytes))
 }
 
-fn required<'a>(key: &str, field: &str, value: Option<&'a str>) -> Result<&'a str, StoreError> {
+/// The largest number a record field may hold: 2^53 − 1, the last integer the scripts'
+/// Lua numbers (doubles) hold exactly. Epoch milliseconds, and fences in microseconds,
+/// stay far below it.
+const MAX_NUMBER: u64 = (1 << 53) - 1;
+
+fn required<T>(key: &str, field: &str, value: Option<T>) -> Result<T, StoreError> {
     value.ok_or_else(|| corrupt(key, format!("field `{field}` is missing")))
 }
 
-fn number(key: &str, field: &str, value: Option<&str>) -> Result<u64, StoreError> {
-    parse_number(key, field, required(key, field, value)?.as_bytes())
-}
-
+/// A number field: decimal digits only (no sign, no exponent, no fraction), at most
+/// [`MAX_NUMBER`], as the scripts read it.
 fn parse_number(key: &str, field: &str, value: &[u8]) -> Result<u64, StoreError> {
+    let digits = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
     std::str::from_utf8(value)
         .ok()
+        .filter(|_| digits)
         .and_then(|text| text.parse().ok())
+        .filter(|number| *number <= MAX_NUMBER)
         .ok_or_else(|| {
             corrupt(
                 key,
                 format!(
-                    "field `{field}` is {:?}, not a whole number",
+                    "field `{field}` is {:?}, not a whole number up to 2^53",
                     String::from_utf8_lossy(value)
                 ),
             )
@@ -572,6 +590,56 @@ mod tests {
             decode("k", text.into_bytes()),
             Err(StoreError::Corrupt(m)) if m.contains("`hl`")
         ));
+    }
+
+    #[test]
+    fn every_number_field_with_a_sign_exponent_fraction_or_more_than_53_bits_is_corrupt() {
+        let done = String::from_utf8(encode(&completed())).unwrap();
+        let processing = String::from_utf8(encode(&Record {
+            state: RecordState::Processing {
+                lease_until: Some(5),
+            },
+            ..completed()
+        }))
+        .unwrap();
+        let cases = [
+            (&done, "fence=1712345678901234", "fence=-1"),
+            (&done, "fence=1712345678901234", "fence=9007199254740992"),
+            (
+                &done,
+                "fence=1712345678901234",
+                "fence=99999999999999999999999",
+            ),
+            (&done, "sa=1712345678901", "sa=+1712345678901"),
+            (&done, "sa=1712345678901", "sa=1.5"),
+            (&done, "ca=1712345678999", "ca="),
+            (&done, "code=201", "code=2e2"),
+            (&done, "hl=11", "hl=-11"),
+            (&processing, "lu=5", "lu=1e400"),
+            (&processing, "lu=5", "lu=5 ls=-5"),
+        ];
+        for (record, field, garbled) in cases {
+            let name = garbled
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .split('=')
+                .next()
+                .unwrap();
+            let text = record.replace(field, garbled);
+            let error = decode("k", text.into_bytes()).unwrap_err();
+            assert!(
+                matches!(&error, StoreError::Corrupt(m)
+                    if m.starts_with("record under \"k\": ")
+                        && m.contains(&format!("field `{name}`"))),
+                "{garbled}: {error:?}"
+            );
+        }
+        let largest = done.replace("fence=1712345678901234", "fence=9007199254740991");
+        assert_eq!(
+            decode("k", largest.into_bytes()).unwrap().fence,
+            (1 << 53) - 1
+        );
     }
 
     #[test]

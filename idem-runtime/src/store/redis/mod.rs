@@ -46,6 +46,13 @@
 //! | `hl` | completed, failed, with headers | length of the headers at the start of the payload (left out: 0) |
 //!
 //! A processing record without `ls` or `lu` (written by hand) is held until it expires.
+//!
+//! Number fields hold decimal digits only, at most 2^53 − 1 (the largest integer a Lua
+//! number holds exactly). A record with a field that breaks this, an unknown status, a
+//! fingerprint that is not 64 hex digits, or (processing, without a lease) no expiry, is
+//! refused as [`StoreError::Corrupt`] naming the key and the field, on every path: claim,
+//! wait, complete, renew, release, get and delete. Nothing is waited on, taken over or
+//! written over; a forced [`delete`](Store::delete) is how an operator clears it.
 //! The payload of a completed or failed record is the headers (a JSON list of
 //! `[name, value]` pairs, `hl` bytes, absent when there are none) followed by the body
 //! bytes as given; of a not-replayable record, the reason.

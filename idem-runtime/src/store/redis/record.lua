@@ -14,9 +14,64 @@ local function clock()
   return s * 1000 + math.floor(us / 1000), s * 1000000 + us
 end
 
+-- The largest number a numeric field may hold: 2^53 - 1, the last integer a Lua number (a
+-- double) holds exactly. Epoch milliseconds, and fences in microseconds, stay far below it.
+local max_number = 9007199254740991
+
+-- The fields that hold numbers, and the statuses a record can have.
+local number_fields = {'fence', 'sa', 'lu', 'ls', 'ca', 'code', 'hl'}
+local statuses = {processing = true, completed = true, failed = true, not_replayable = true}
+
+-- Whether `text` is a whole number this format can hold: decimal digits only (no sign, no
+-- exponent, no fraction), at most `max_number`.
+local function is_number(text)
+  return #text <= 16 and string.find(text, '^%d+$') ~= nil and tonumber(text) <= max_number
+end
+
+-- Why a record's fields cannot be trusted, as an error reply, or nil when they can. Every
+-- script checks this before it decides or writes anything, so a garbled record is reported
+-- as corrupt on every path, never waited on, taken over or rewritten.
+local function check(fields, payload)
+  if not statuses[fields.st] then
+    return {'corrupt', 'unknown status "' .. fields.st .. '"'}
+  end
+  if #fields.fp ~= 64 or string.find(fields.fp, '%X') then
+    return {'corrupt', 'field `fp` is not a 64-digit hex fingerprint'}
+  end
+  for _, name in ipairs(number_fields) do
+    local text = fields[name]
+    if text ~= nil and not is_number(text) then
+      return {'corrupt', 'field `' .. name .. '` is "' .. text .. '", not a whole number up to 2^53'}
+    end
+  end
+  if fields.st == 'processing' then
+    return nil
+  end
+  if fields.ca == nil then
+    return {'corrupt', 'field `ca` is missing'}
+  end
+  if fields.st == 'not_replayable' then
+    return nil
+  end
+  if fields.code == nil then
+    return {'corrupt', 'field `code` is missing'}
+  end
+  if tonumber(fields.code) > 65535 then
+    return {'corrupt', 'status code ' .. fields.code .. ' is out of range'}
+  end
+  if fields.bt ~= nil and fields.bt ~= 'json' and fields.bt ~= 'bytes' then
+    return {'corrupt', 'unknown body type "' .. fields.bt .. '"'}
+  end
+  if tonumber(fields.hl or '0') > #payload then
+    return {'corrupt', 'field `hl` is longer than the payload'}
+  end
+  return nil
+end
+
 -- The record under `key` as {fields, payload}, nil when there is none, or nil and an error
--- reply when it cannot be read by this format `version`. The first five fields always come
--- in this order, so one anchored match reads them; the few after them are read one by one.
+-- reply when it cannot be read by this format `version` or its fields are garbled. The
+-- first five fields always come in this order, so one anchored match reads them; the few
+-- after them are read one by one.
 local function load(key, version)
   local value = redis.pcall('GET', key)
   if value == false then
@@ -31,7 +86,7 @@ local function load(key, version)
     local tag = string.match(value, '^(%S*)')
     local found = string.match(tag, '^idem(.*)$')
     if found ~= version then
-      return nil, {'corrupt', 'format version ' .. (found or tag) .. ', expected ' .. version}
+      return nil, {'corrupt', 'format version "' .. (found or tag) .. '", expected ' .. version}
     end
     return nil, {'corrupt', 'the header line is not idem' .. version .. ' st fp tok fence sa ...'}
   end
@@ -39,7 +94,12 @@ local function load(key, version)
   for name, text in string.gmatch(rest, ' (%w+)=(%S*)') do
     fields[name] = text
   end
-  return {fields = fields, payload = string.sub(value, head_end + 1)}
+  local payload = string.sub(value, head_end + 1)
+  local err = check(fields, payload)
+  if err then
+    return nil, err
+  end
+  return {fields = fields, payload = payload}
 end
 
 -- The end of a processing record's lease on the server's clock: its `lu` field, or for a
@@ -53,6 +113,17 @@ local function lease_end(key, fields, now_ms)
     return now_ms + redis.call('PTTL', key) - tonumber(fields.ls)
   end
   return nil
+end
+
+-- The reply for a processing record without a lease, which is held until it expires: busy
+-- for as long as it has left, or corrupt when it never expires (it would hold its key
+-- forever, and idem never writes such a record).
+local function held_until_expiry(key)
+  local left = redis.call('PTTL', key)
+  if left < 0 then
+    return {'corrupt', 'a processing record without a lease never expires; delete it'}
+  end
+  return {'busy', int(left)}
 end
 
 -- The fields a header line lists, in this order.

@@ -24,9 +24,18 @@ local until_ms = lease_end(key, f, now_ms)
 if until_ms ~= nil and until_ms <= now_ms then
   return {'changed'}
 end
+local remaining
+if until_ms == nil then
+  local busy = held_until_expiry(key)
+  if busy[1] ~= 'busy' then
+    return busy
+  end
+  remaining = busy[2]
+else
+  remaining = int(until_ms - now_ms)
+end
 if not f.w then
   f.w = '1'
   redis.call('SET', key, encode(version, f, record.payload), 'KEEPTTL')
 end
-local remaining = until_ms and (until_ms - now_ms) or redis.call('PTTL', key)
-return {'held', int(math.max(remaining, 0))}
+return {'held', remaining}
