@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use futures::poll;
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key,
-    Lease, MemoryStore, Response,
+    CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key, Lease,
+    MemoryStore,
 };
+use support::text;
 use tokio::time::timeout;
 
 const LEASE: Duration = Duration::from_secs(1);
@@ -20,10 +21,6 @@ fn service(store: &MemoryStore) -> IdempotencyService {
         .lock_timeout(LEASE)
         .build()
         .expect("valid settings")
-}
-
-fn text(value: &str) -> Response {
-    Response::ok(Body::json(value).expect("json"))
 }
 
 /// The whole life of one call: claim, a body that never ends on its own, completion.

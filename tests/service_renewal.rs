@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key,
-    Response, MIN_LOCK_TIMEOUT,
+    CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key, Response,
+    MIN_LOCK_TIMEOUT,
 };
 use support::faulty_store::{Fault, FaultyStore, Op};
+use support::text;
 
 const LEASE: Duration = Duration::from_secs(1);
 const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
@@ -20,10 +21,6 @@ fn service(store: &FaultyStore) -> IdempotencyService {
         .lock_timeout(LEASE)
         .build()
         .expect("valid settings")
-}
-
-fn text(value: &str) -> Response {
-    Response::ok(Body::json(value).expect("json"))
 }
 
 async fn replay_of(service: &IdempotencyService, key: &Key) -> Response {

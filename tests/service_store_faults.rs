@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, ErrorPolicy, Fingerprint, Idempotency,
-    IdempotencyService, Key, Lease, RecordState, RecordStatus, Response, StoreError,
+    CallOptions, CheckOutcome, Error, ErrorPolicy, Fingerprint, Idempotency, IdempotencyService,
+    Key, Lease, RecordState, RecordStatus, Response, StoreError,
 };
 use support::capture::Capture;
 use support::faulty_store::{Fault, FaultyStore, Op};
+use support::text;
 use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(1);
@@ -30,10 +31,6 @@ fn fail_open(store: &FaultyStore) -> IdempotencyService {
         .error_policy(ErrorPolicy::FailOpen)
         .build()
         .expect("valid settings")
-}
-
-fn text(value: &str) -> Response {
-    Response::ok(Body::json(value).expect("json"))
 }
 
 async fn acquire(service: &IdempotencyService, key: &Key) -> Lease {

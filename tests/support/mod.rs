@@ -6,3 +6,8 @@
 
 pub mod capture;
 pub mod faulty_store;
+
+/// A 200 response whose body is `value` as JSON.
+pub fn text(value: &str) -> idem::Response {
+    idem::Response::ok(idem::Body::json(value).expect("a string is JSON"))
+}
