@@ -305,7 +305,8 @@ impl IdempotencyService {
                         key = %key, error = %source, attempt,
                         "claim failed on the connection; sending it again with the same token"
                     );
-                    tokio::time::sleep(pause).await;
+                    // Boxed: this rare path would otherwise grow every call's future.
+                    Box::pin(tokio::time::sleep(pause)).await;
                     pause *= 4;
                     attempt += 1;
                 }
@@ -337,44 +338,45 @@ impl IdempotencyService {
     ) -> Result<CheckOutcome, Error> {
         // A call that will not wait asks the store, which knows how long the owner's lease
         // still runs, instead of joining this process's flight.
-        if !options.wait {
-            return self
-                .lead(key, store_key, fingerprint, options, None, deadline)
-                .await;
-        }
-        loop {
-            let entered =
-                self.inner
-                    .flights
-                    .enter(store_key, fingerprint, options.validate_fingerprint);
-            let flight = match entered {
-                Some(Role::Leader(flight)) => Some(flight),
-                Some(Role::Joiner(flight)) => {
-                    match self.join(key, flight, &options, deadline).await? {
-                        Joined::Outcome(outcome) => return Ok(outcome),
-                        Joined::Vacated => continue,
-                        Joined::LeaseLapsed => None,
+        let flight = match options.wait {
+            false => None,
+            true => loop {
+                let entered =
+                    self.inner
+                        .flights
+                        .enter(store_key, fingerprint, options.validate_fingerprint);
+                match entered {
+                    Some(Role::Leader(flight)) => break Some(flight),
+                    Some(Role::Joiner(flight)) => {
+                        match self.join(key, flight, &options, deadline).await? {
+                            Joined::Outcome(outcome) => return Ok(outcome),
+                            Joined::Vacated => continue,
+                            Joined::LeaseLapsed => break None,
+                        }
                     }
+                    None => break None,
                 }
-                None => None,
-            };
-            return self
-                .lead(key, store_key, fingerprint, options, flight, deadline)
-                .await;
-        }
+            },
+        };
+        // One await of the leader's side, so that every call's future holds it once.
+        self.lead(key, store_key, fingerprint, options, flight, deadline)
+            .await
     }
 
     /// The leader's side: claim, and while another process's owner works, wait and claim
     /// again until the key is ours, finished, or the wait budget is spent.
-    async fn lead(
-        &self,
-        key: &Key,
-        store_key: &str,
-        fingerprint: &Fingerprint,
+    ///
+    /// Not an `async fn` of its own: it hands back [`lead_from`](Self::lead_from)'s future,
+    /// which keeps every call's future one layer (and its copies of the arguments) smaller.
+    fn lead<'a>(
+        &'a self,
+        key: &'a Key,
+        store_key: &'a str,
+        fingerprint: &'a Fingerprint,
         options: Resolved,
         flight: Option<FlightGuard>,
         deadline: Instant,
-    ) -> Result<CheckOutcome, Error> {
+    ) -> impl Future<Output = Result<CheckOutcome, Error>> + Send + 'a {
         let token = Token::generate();
         let start = Start { token, first: None };
         self.lead_from(
@@ -386,7 +388,6 @@ impl IdempotencyService {
             deadline,
             start,
         )
-        .await
     }
 
     /// [`lead`](Self::lead) with the token made, and maybe the first claim's reply known
@@ -406,16 +407,18 @@ impl IdempotencyService {
         let notifies = self.inner.store.notifies();
         let mut pause = FIRST_RECHECK;
         loop {
-            let claimed = match first.take() {
-                Some(reply) => reply,
-                None => {
-                    self.claim_once(key, store_key, fingerprint, &token, &options)
-                        .await
-                }
-            };
-            let reply = match claimed {
-                Ok(reply) => reply,
-                Err(error) => return self.on_store_error(error),
+            // The claim is sent outside any match on `first`, so that `first` is not kept
+            // twice in every call's future across the round trip.
+            if first.is_none() {
+                let claimed = self
+                    .claim_once(key, store_key, fingerprint, &token, &options)
+                    .await;
+                first = Some(claimed);
+            }
+            let reply = match first.take() {
+                Some(Ok(reply)) => reply,
+                Some(Err(error)) => return self.on_store_error(error),
+                None => continue,
             };
             match reply {
                 ClaimReply::Acquired {

@@ -40,12 +40,15 @@ impl Script {
     }
 
     fn command(&self, name: &str, key: &str, args: &[&[u8]]) -> Cmd {
-        let mut cmd = redis::cmd(name);
-        match name {
-            "EVAL" => cmd.arg(self.source),
-            _ => cmd.arg(&self.sha1),
+        let script: &str = match name {
+            "EVAL" => self.source,
+            _ => &self.sha1,
         };
-        cmd.arg(1).arg(key);
+        // Sized up front, so that adding the arguments does not grow the buffers.
+        let size =
+            name.len() + script.len() + 1 + key.len() + args.iter().map(|a| a.len()).sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(4 + args.len(), size);
+        cmd.arg(name).arg(script).arg(1).arg(key);
         for arg in args {
             cmd.arg(*arg);
         }
