@@ -799,61 +799,32 @@ impl Serializer for &mut Encoder {
     }
 }
 
-impl SerializeSeq for &mut Encoder {
-    type Ok = ();
-    type Error = EncodeError;
+// Every kind of sequence (seq, tuple, tuple struct, tuple variant) encodes alike: each
+// element, then `END`.
+macro_rules! sequence_impls {
+    ($($kind:ident :: $element:ident),* $(,)?) => {$(
+        impl $kind for &mut Encoder {
+            type Ok = ();
+            type Error = EncodeError;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        (**self).child(value)
-    }
+            fn $element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
+                (**self).child(value)
+            }
 
-    fn end(self) -> Result<(), EncodeError> {
-        self.write(&[tag::END]);
-        Ok(())
-    }
+            fn end(self) -> Result<(), EncodeError> {
+                self.write(&[tag::END]);
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl SerializeTuple for &mut Encoder {
-    type Ok = ();
-    type Error = EncodeError;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        (**self).child(value)
-    }
-
-    fn end(self) -> Result<(), EncodeError> {
-        self.write(&[tag::END]);
-        Ok(())
-    }
-}
-
-impl SerializeTupleStruct for &mut Encoder {
-    type Ok = ();
-    type Error = EncodeError;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        (**self).child(value)
-    }
-
-    fn end(self) -> Result<(), EncodeError> {
-        self.write(&[tag::END]);
-        Ok(())
-    }
-}
-
-impl SerializeTupleVariant for &mut Encoder {
-    type Ok = ();
-    type Error = EncodeError;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
-        (**self).child(value)
-    }
-
-    fn end(self) -> Result<(), EncodeError> {
-        self.write(&[tag::END]);
-        Ok(())
-    }
-}
+sequence_impls!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
 
 impl SerializeMap for &mut Encoder {
     type Ok = ();
@@ -875,47 +846,33 @@ impl SerializeMap for &mut Encoder {
     }
 }
 
-impl SerializeStruct for &mut Encoder {
-    type Ok = ();
-    type Error = EncodeError;
+// Structs and struct variants encode alike: a map keyed by field name.
+macro_rules! struct_impls {
+    ($($kind:ident),* $(,)?) => {$(
+        impl $kind for &mut Encoder {
+            type Ok = ();
+            type Error = EncodeError;
 
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
-        self.write_tagged_text(tag::STR, key.as_bytes());
-        (**self).child(value)?;
-        self.end_entry();
-        Ok(())
-    }
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), EncodeError> {
+                self.write_tagged_text(tag::STR, key.as_bytes());
+                (**self).child(value)?;
+                self.end_entry();
+                Ok(())
+            }
 
-    fn end(self) -> Result<(), EncodeError> {
-        self.close_entries();
-        Ok(())
-    }
+            fn end(self) -> Result<(), EncodeError> {
+                self.close_entries();
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl SerializeStructVariant for &mut Encoder {
-    type Ok = ();
-    type Error = EncodeError;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
-        self.write_tagged_text(tag::STR, key.as_bytes());
-        (**self).child(value)?;
-        self.end_entry();
-        Ok(())
-    }
-
-    fn end(self) -> Result<(), EncodeError> {
-        self.close_entries();
-        Ok(())
-    }
-}
+struct_impls!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
