@@ -422,3 +422,67 @@ async fn connecting_to_a_dead_server_is_a_connection_error() {
         "{connected:?}"
     );
 }
+
+/// A loopback proxy to `upstream` that forwards its first connection (the store's command
+/// connection) and accepts but never answers the later ones (the pub/sub connection): a
+/// partition that drops one connection's packets. Returns its port.
+async fn black_hole_after_first(upstream: u16) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free loopback port");
+    let port = listener.local_addr().expect("bound").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for accepted in 0..16 {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if accepted == 0 {
+                tokio::spawn(async move {
+                    let upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await;
+                    if let Ok(mut upstream) = upstream {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
+                    }
+                });
+            } else {
+                held.push(inbound);
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_notifications_never_connect_still_keeps_its_wait_budget() {
+    let server = RedisServer::start();
+    let owner = service(store(&server.url()).await, Duration::from_secs(30));
+    let key = Key::new("order-9");
+    let CheckOutcome::Acquired(_held) = owner
+        .check_and_lock(&key, &fp(1), &CallOptions::new())
+        .await
+        .expect("the owner claims")
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let port = black_hole_after_first(server.port()).await;
+    let waiter = service(
+        store(&format!("redis://127.0.0.1:{port}/")).await,
+        Duration::from_secs(30),
+    );
+
+    let waited = tokio::time::timeout(
+        NO_HANG,
+        waiter.check_and_lock(
+            &key,
+            &fp(1),
+            &CallOptions::new().wait_timeout(Duration::from_secs(1)),
+        ),
+    )
+    .await;
+
+    let answer = waited.expect("the waiter returned instead of hanging on its subscription");
+    assert!(
+        matches!(answer, Err(Error::WaitTimeout { .. })),
+        "{answer:?}"
+    );
+}

@@ -13,8 +13,8 @@ use std::time::Duration;
 use idem::store::redis::{EvictionPolicyError, RedisStore, RedisStoreOptions};
 use idem::store::{Claim, ClaimReply, Finish};
 use idem::{
-    Body, CallOptions, Error, Idempotency, IdempotencyService, Key, Response, Store, StoreError,
-    Token,
+    Body, CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Response, Store,
+    StoreError, Token,
 };
 use redis_calls::{fp, store};
 use redis_harness::RedisServer;
@@ -379,6 +379,46 @@ async fn a_processing_record_without_a_lease_or_an_expiry_is_corrupt_not_waited_
         planted,
         "nothing marked or rewrote the record"
     );
+    let _: i64 = server.cmd(&["DEL", KEY]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_claim_at_the_fence_limit_is_refused_and_other_keys_keep_small_fences() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let service = IdempotencyService::builder(store.clone())
+        .key_prefix("idem-test:")
+        .build()
+        .expect("valid settings");
+    // A lapsed claim (lease end 1 ms after the epoch) whose fence is the format's largest.
+    let planted = format!(
+        "idem2 st=processing fp={} tok=t fence=9007199254740991 sa=1 lu=1\n",
+        fp(1).to_hex()
+    );
+    let _: String = server.cmd(&["SET", KEY, &planted, "PX", "60000"]);
+
+    let taken = service
+        .check_and_lock(&Key::new("order-7"), &fp(1), &CallOptions::new())
+        .await;
+    let CheckOutcome::Acquired(lease) = service
+        .check_and_lock(&Key::new("order-8"), &fp(1), &CallOptions::new())
+        .await
+        .expect("a fresh key is claimed")
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let completed = service
+        .complete(&lease, Response::ok(Body::json(&"paid").unwrap()))
+        .await;
+
+    assert!(
+        matches!(&taken, Err(Error::Store { source: StoreError::Corrupt(m), .. })
+            if m.contains("fence") && m.contains("2^53 - 1 limit")),
+        "{taken:?}"
+    );
+    assert_eq!(get(&server, KEY), planted, "the record was left as it was");
+    assert!(lease.fence() < 1 << 53, "fence {}", lease.fence());
+    assert!(completed.is_ok(), "{completed:?}");
     let _: i64 = server.cmd(&["DEL", KEY]);
 }
 

@@ -49,6 +49,12 @@ if record then
     if previous_fence == nil then
       return {'corrupt', 'processing record without a fence'}
     end
+    -- A takeover's fence must grow, and no fence may pass max_number: a record at the
+    -- limit (only ever written by hand) is refused rather than taken over, unchanged.
+    if previous_fence >= max_number then
+      return {'corrupt', 'field fence is ' .. f.fence .. ', at the 2^53 - 1 limit; ' ..
+        'a takeover cannot raise it (delete the record with force to free the key)'}
+    end
   elseif f.st == 'completed' or f.st == 'failed' or f.st == 'not_replayable' then
     return {'finished', redis.call('GET', key)}
   else

@@ -433,7 +433,7 @@ fn parse_hex(text: &str) -> Option<Fingerprint> {
 /// The largest number a record field may hold: 2^53 − 1, the last integer the scripts'
 /// Lua numbers (doubles) hold exactly. Epoch milliseconds, and fences in microseconds,
 /// stay far below it.
-const MAX_NUMBER: u64 = (1 << 53) - 1;
+pub(crate) const MAX_NUMBER: u64 = (1 << 53) - 1;
 
 fn required<T>(key: &str, field: &str, value: Option<T>) -> Result<T, StoreError> {
     value.ok_or_else(|| corrupt(key, format!("field `{field}` is missing")))

@@ -165,6 +165,11 @@ use script::{Script, Scripts};
 /// The pause before a command is sent again after a broken connection, times the attempt.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
+/// The largest fence a store handle carries over to its own fresh claims: half the format's
+/// limit, about the year 2112 in microseconds, so fences taken over from ordinary records
+/// always count and the handle's fences can never reach the limit.
+const FENCE_CARRY_LIMIT: u64 = codec::MAX_NUMBER / 2;
+
 /// Records in Redis: a standalone server (through a reconnecting
 /// [`ConnectionManager`]) or a Redis Cluster. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -417,7 +422,13 @@ impl RedisStore {
         match reply.tag.as_str() {
             "acquired" => {
                 let fence = reply.number(key, 0)?;
-                self.last_fence.fetch_max(fence, Ordering::AcqRel);
+                // Fresh claims from this handle go above the fences it has seen, but not
+                // above one taken over from a record near the format's limit (only a
+                // hand-written record gets there): that would push every later fresh
+                // fence of the handle past the limit.
+                if fence <= FENCE_CARRY_LIMIT {
+                    self.last_fence.fetch_max(fence, Ordering::AcqRel);
+                }
                 Ok(ClaimReply::Acquired {
                     fence,
                     lease_until: reply.number(key, 1)?,
@@ -654,11 +665,20 @@ impl Store for RedisStore {
             tokio::time::sleep(timeout).await;
             return Ok(());
         };
-        let subscription = match notifier.subscribe(notify::channel(key)).await {
-            Ok(subscription) => subscription,
-            Err(error) => {
+        // Opening the pub/sub connection and subscribing are bounded like any command, and
+        // by the caller's nap: a server that accepts but never answers must not hold the
+        // waiter past its wait budget.
+        let bound = timeout.min(self.options.connection_timeout + self.options.response_timeout);
+        let subscribed = tokio::time::timeout(bound, notifier.subscribe(notify::channel(key)));
+        let subscription = match subscribed.await {
+            Ok(Ok(subscription)) => subscription,
+            Ok(Err(error)) => {
                 tracing::debug!(key, %error, "could not subscribe to changes; polling");
                 tokio::time::sleep(timeout.min(self.options.fallback_poll)).await;
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::debug!(key, "subscribing to changes timed out; polling");
                 return Ok(());
             }
         };
