@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem::store::redis::RedisStoreOptions;
+use idem::store::redis::{RedisStore, RedisStoreOptions};
 use idem::{
     Body, CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, RecordState,
     Response, StoreError,
@@ -485,4 +485,49 @@ async fn a_waiter_whose_notifications_never_connect_still_keeps_its_wait_budget(
         matches!(answer, Err(Error::WaitTimeout { .. })),
         "{answer:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_a_call_closed_after_the_services_attempts_not_more() {
+    let server = RedisServer::start();
+    let response_timeout = Duration::from_millis(500);
+    let options = RedisStoreOptions {
+        response_timeout,
+        ..RedisStoreOptions::default()
+    };
+    let store = RedisStore::connect_with(&server.url(), options)
+        .await
+        .expect("connects");
+    let svc = service(store, Duration::from_secs(30));
+    let runs = Arc::new(AtomicU32::new(0));
+
+    server.freeze(true);
+    // The service sends a claim three times; each may wait one response timeout. A store
+    // that also resent timed-out commands would wait three times as long.
+    let bound = response_timeout * 3 + Duration::from_secs(2);
+    let called = tokio::time::timeout(
+        bound,
+        call(
+            &svc,
+            &Key::new("k"),
+            &fp(1),
+            &CallOptions::new(),
+            counted(&runs, "never"),
+        ),
+    )
+    .await;
+    server.freeze(false);
+
+    let answer = called.expect("the call failed closed within the service's attempts");
+    assert!(
+        matches!(
+            answer,
+            Err(Error::Store {
+                source: StoreError::Connection(_),
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
 }

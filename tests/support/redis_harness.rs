@@ -160,6 +160,18 @@ impl RedisServer {
         }
     }
 
+    /// Freezes (`true`, SIGSTOP) or thaws (`false`, SIGCONT) the server: a frozen server
+    /// keeps its connections open and answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("the server runs");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Whether the server process runs.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

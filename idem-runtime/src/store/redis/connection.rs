@@ -23,7 +23,10 @@ pub struct RedisStoreOptions {
     pub connection_timeout: Duration,
     /// How long one command may wait for its reply. Default 2 s.
     pub response_timeout: Duration,
-    /// How many times a command is sent again after its connection failed. Default 2.
+    /// How many times a command is sent again after its connection failed. Default 2. A
+    /// command that timed out is not sent again by the store (the service's own retries of
+    /// claims and completions cover it), so a server that accepts but never answers costs
+    /// `response_timeout` per service attempt, not per attempt of both.
     ///
     /// Every script is safe to repeat: a claim or completion that landed but whose reply
     /// was lost is recognised by its owner token. A release or delete repeated after a

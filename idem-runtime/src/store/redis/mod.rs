@@ -332,7 +332,13 @@ impl RedisStore {
     }
 
     fn retry(&self, key: &str, error: &redis::RedisError, attempt: &mut u32) -> bool {
-        if !is_connection_error(error) || *attempt >= self.options.connection_retries {
+        // A timeout means the server took `response_timeout` without answering: sending again
+        // here would multiply that wait under the service's own retries of claims and
+        // completions, which already carry the same token.
+        if !is_connection_error(error)
+            || error.is_timeout()
+            || *attempt >= self.options.connection_retries
+        {
             return false;
         }
         *attempt += 1;
