@@ -256,18 +256,7 @@ async fn a_persisted_claim_survives_a_kill_and_is_taken_over_once_its_lease_laps
     assert_eq!(status, "processing", "the claim was persisted");
     let callers = race_for_the_key(&server, &key, lease, 10).await;
 
-    let ran: Vec<&Call> = callers
-        .iter()
-        .filter(|c| matches!(c, Call::Ran(_)))
-        .collect();
-    assert_eq!(ran.len(), 1, "exactly one caller takes over: {callers:?}");
-    let value = ran[0].value().to_owned();
-    assert!(callers.iter().all(|c| c.value() == value), "{callers:?}");
-    let fence: u64 = server
-        .record_field("idem-test:{0::k}", "fence")
-        .and_then(|f| f.parse().ok())
-        .expect("a record with a fence");
-    assert!(fence > first.fence(), "the takeover has a higher fence");
+    assert_one_takeover(&server, &callers, first.fence());
     server.assert_every_key_expires();
     drop(first);
 }
@@ -301,6 +290,13 @@ async fn a_dropped_owner_is_taken_over_by_exactly_one_caller_after_its_lease() {
 
     let callers = race_for_the_key(&server, &key, lease, 10).await;
 
+    assert_one_takeover(&server, &callers, first_fence);
+    server.assert_every_key_expires();
+}
+
+/// Exactly one of `callers` ran the body, every caller got its value, and the record under
+/// the key `k` carries a fence above `previous`.
+fn assert_one_takeover(server: &RedisServer, callers: &[Call], previous: u64) {
     let ran: Vec<&Call> = callers
         .iter()
         .filter(|c| matches!(c, Call::Ran(_)))
@@ -312,8 +308,7 @@ async fn a_dropped_owner_is_taken_over_by_exactly_one_caller_after_its_lease() {
         .record_field("idem-test:{0::k}", "fence")
         .and_then(|f| f.parse().ok())
         .expect("a record with a fence");
-    assert!(fence > first_fence);
-    server.assert_every_key_expires();
+    assert!(fence > previous, "the takeover has a higher fence");
 }
 
 /// `callers` concurrent calls for `key` from three services on separate connections; each

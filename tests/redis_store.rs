@@ -92,46 +92,6 @@ async fn records_are_strings_an_operator_can_read() {
     server.assert_every_key_expires();
 }
 
-/// Every store operation on the record under [`KEY`], and whether each reported it as
-/// corrupt (with the text it must contain, when given).
-async fn every_path_reports_corrupt(store: &RedisStore, claim_says: &str, get_says: &str) {
-    let token = Token::from_stored("owner-1");
-    let claim = Claim {
-        key: KEY,
-        fingerprint: &fp(1),
-        validate_fingerprint: true,
-        token: &token,
-        lease: Duration::from_secs(1),
-    };
-    let finish = Finish::Completed(Response::ok(Body::json(&1).unwrap()));
-
-    let claimed = store.claim(claim).await;
-    let completed = store
-        .complete(KEY, &token, &finish, Duration::from_secs(1))
-        .await;
-    let renewed = store.renew(KEY, &token, Duration::from_secs(1)).await;
-    let released = store.release(KEY, &token).await;
-    let read = store.get(KEY).await;
-    let deleted = store.delete(KEY, false).await;
-
-    for (what, corrupt) in [
-        (
-            "claim",
-            matches!(&claimed, Err(StoreError::Corrupt(m)) if m.contains(claim_says)),
-        ),
-        ("complete", matches!(completed, Err(StoreError::Corrupt(_)))),
-        ("renew", matches!(renewed, Err(StoreError::Corrupt(_)))),
-        ("release", matches!(released, Err(StoreError::Corrupt(_)))),
-        (
-            "get",
-            matches!(&read, Err(StoreError::Corrupt(m)) if m.contains(get_says)),
-        ),
-        ("delete", matches!(deleted, Err(StoreError::Corrupt(_)))),
-    ] {
-        assert!(corrupt, "{what} did not report the record as corrupt");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_of_an_unknown_format_version_is_corrupt_on_every_path() {
     let server = RedisServer::start();
@@ -139,7 +99,7 @@ async fn a_record_of_an_unknown_format_version_is_corrupt_on_every_path() {
     let planted = "idem9 st=processing tok=owner-1\n";
     let _: String = server.cmd(&["SET", KEY, planted, "PX", "60000"]);
 
-    every_path_reports_corrupt(&store, "format version \"9\"", "\"9\"").await;
+    every_path_names(&store, "\"9\"", "a record of format version 9").await;
 
     assert_eq!(get(&server, KEY), planted, "nothing overwrote the record");
     assert_eq!(
@@ -156,7 +116,7 @@ async fn a_hash_record_of_format_version_one_is_corrupt_on_every_path() {
     let _: i64 = server.cmd(&["HSET", KEY, "v", "1", "st", "processing", "tok", "owner-1"]);
     let _: i64 = server.cmd(&["PEXPIRE", KEY, "60000"]);
 
-    every_path_reports_corrupt(&store, "format version 1", "format version 1").await;
+    every_path_names(&store, "format version 1", "a hash record").await;
 
     let untouched: HashMap<String, String> = server.cmd(&["HGETALL", KEY]);
     assert_eq!(untouched["v"], "1", "nothing overwrote the record");

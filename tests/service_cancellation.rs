@@ -7,21 +7,10 @@ use std::time::Duration;
 
 use futures::poll;
 use idem::{
-    CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key, Lease,
-    MemoryStore,
+    CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Lease, MemoryStore,
 };
-use support::text;
+use support::{service, text, FP, LEASE};
 use tokio::time::timeout;
-
-const LEASE: Duration = Duration::from_secs(1);
-const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
-
-fn service(store: &MemoryStore) -> IdempotencyService {
-    IdempotencyService::builder(store.clone())
-        .lock_timeout(LEASE)
-        .build()
-        .expect("valid settings")
-}
 
 /// The whole life of one call: claim, a body that never ends on its own, completion.
 async fn owner(service: IdempotencyService, key: Key) -> Result<(), Error> {

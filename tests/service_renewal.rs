@@ -4,33 +4,16 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use idem::{
-    CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key, Response,
+    CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Response,
     MIN_LOCK_TIMEOUT,
 };
 use support::faulty_store::{Fault, FaultyStore, Op};
-use support::text;
-
-const LEASE: Duration = Duration::from_secs(1);
-const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
-
-fn service(store: &FaultyStore) -> IdempotencyService {
-    IdempotencyService::builder(store.clone())
-        .lock_timeout(LEASE)
-        .build()
-        .expect("valid settings")
-}
+use support::{replayed, service, text, FP, LEASE};
 
 async fn replay_of(service: &IdempotencyService, key: &Key) -> Response {
-    match service.check_and_lock(key, &FP, &CallOptions::new()).await {
-        Ok(CheckOutcome::Completed(record)) => match record.state {
-            idem::RecordState::Completed { response, .. } => response,
-            other => panic!("expected completed, got {other:?}"),
-        },
-        other => panic!("expected a replay, got {other:?}"),
-    }
+    replayed(service.check_and_lock(key, &FP, &CallOptions::new()).await)
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,22 +8,12 @@ use std::time::Duration;
 
 use idem::{
     CallOptions, CheckOutcome, Error, ErrorPolicy, Fingerprint, Idempotency, IdempotencyService,
-    Key, Lease, RecordState, RecordStatus, Response, StoreError,
+    Key, Lease, RecordState, RecordStatus, StoreError,
 };
 use support::capture::Capture;
 use support::faulty_store::{Fault, FaultyStore, Op};
-use support::text;
+use support::{replayed, service, text, FP, LEASE};
 use tokio::time::Instant;
-
-const LEASE: Duration = Duration::from_secs(1);
-const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
-
-fn service(store: &FaultyStore) -> IdempotencyService {
-    IdempotencyService::builder(store.clone())
-        .lock_timeout(LEASE)
-        .build()
-        .expect("valid settings")
-}
 
 fn fail_open(store: &FaultyStore) -> IdempotencyService {
     IdempotencyService::builder(store.clone())
@@ -37,16 +27,6 @@ async fn acquire(service: &IdempotencyService, key: &Key) -> Lease {
     match service.check_and_lock(key, &FP, &CallOptions::new()).await {
         Ok(CheckOutcome::Acquired(lease)) => lease,
         other => panic!("expected to acquire, got {other:?}"),
-    }
-}
-
-fn replayed(outcome: Result<CheckOutcome, Error>) -> Response {
-    match outcome {
-        Ok(CheckOutcome::Completed(record)) => match record.state {
-            RecordState::Completed { response, .. } => response,
-            other => panic!("expected completed, got {other:?}"),
-        },
-        other => panic!("expected a replay, got {other:?}"),
     }
 }
 
