@@ -38,6 +38,12 @@
 //! - `script_calls_per_call`, `commands_per_call`: from `INFO commandstats` deltas over the
 //!   throughput run: `EVALSHA` + `EVAL` calls, and every command including those run inside
 //!   scripts.
+//! - `server_command_us_per_call`: microseconds the server spent executing the run's
+//!   commands (`INFO commandstats` usec), per call; `server_cpu_us_per_call`: the server
+//!   process's CPU time (`INFO cpu`, networking included) per call.
+//! - `client_cpu_us_per_call`: this process's CPU time per call (Linux only), which the
+//!   floor and idem share one runtime to measure. On a machine with few cores the client
+//!   and the server compete for them, so both costs bound the throughput.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -442,11 +448,11 @@ async fn one_call(bench: &Bench, call: Call, phase: u64, n: u64) -> Result<(), S
 
 /// Runs `call` at `concurrency` until the call count or the time limit is reached.
 async fn throughput(bench: &Arc<Bench>, call: Call, concurrency: usize) -> Result<Value, String> {
-    let before = commandstats(bench).await?;
-    let mut row = throughput_bounded(bench, call, concurrency, bench.args.calls).await?;
-    let after = commandstats(bench).await?;
-    attach_commandstats(&mut row, &before, &after);
-    Ok(row)
+    measured(
+        bench,
+        throughput_bounded(bench, call, concurrency, bench.args.calls),
+    )
+    .await
 }
 
 async fn throughput_bounded(
@@ -519,10 +525,11 @@ async fn contended(
     instances: usize,
 ) -> Result<Value, String> {
     let keys = (bench.args.calls / CALLERS_PER_KEY as u64).clamp(1, 4 * concurrency as u64 + 16);
-    let before = commandstats(bench).await?;
-    let mut row = contended_bounded(bench, concurrency, instances, keys).await?;
-    let after = commandstats(bench).await?;
-    attach_commandstats(&mut row, &before, &after);
+    let mut row = measured(
+        bench,
+        contended_bounded(bench, concurrency, instances, keys),
+    )
+    .await?;
     if let Some(keys) = row["keys"].as_u64().filter(|k| *k > 0) {
         row["script_calls_per_key"] =
             json!(row["script_calls_per_call"]
@@ -781,48 +788,100 @@ fn joiners_row(counts: Counts) -> Value {
     row
 }
 
-async fn commandstats(bench: &Bench) -> Result<BTreeMap<String, u64>, String> {
+/// What the server reported at one moment: per command, its calls and the microseconds
+/// spent in it; and the CPU time the server process used.
+#[derive(Default)]
+struct ServerStats {
+    commands: BTreeMap<String, (u64, u64)>,
+    cpu_seconds: f64,
+}
+
+async fn server_stats(bench: &Bench) -> Result<ServerStats, String> {
     let mut control = bench.control.clone();
     let text: String = redis::cmd("INFO")
         .arg("commandstats")
+        .arg("cpu")
         .query_async(&mut control)
         .await
-        .map_err(|e| format!("INFO commandstats: {e}"))?;
-    Ok(parse_commandstats(&text))
+        .map_err(|e| format!("INFO commandstats cpu: {e}"))?;
+    Ok(parse_server_stats(&text))
 }
 
-/// `cmdstat_evalsha:calls=12,usec=…` lines as a map from command name to calls.
-fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
+/// `cmdstat_evalsha:calls=12,usec=340,…` lines as a map from command name to calls and
+/// microseconds, and `used_cpu_sys:` plus `used_cpu_user:` as the server's CPU seconds.
+fn parse_server_stats(text: &str) -> ServerStats {
+    let mut stats = ServerStats::default();
+    for line in text.lines() {
+        if let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        {
+            let field = |want: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(want)?.parse::<u64>().ok())
+            };
+            if let (Some(calls), Some(usec)) = (field("calls="), field("usec=")) {
+                stats.commands.insert(name.to_owned(), (calls, usec));
+            }
+        } else if let Some(value) = line
+            .strip_prefix("used_cpu_sys:")
+            .or_else(|| line.strip_prefix("used_cpu_user:"))
+        {
+            stats.cpu_seconds += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    stats
 }
 
-fn attach_commandstats(
-    row: &mut Value,
-    before: &BTreeMap<String, u64>,
-    after: &BTreeMap<String, u64>,
-) {
-    let delta =
-        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+/// Runs `phase` and adds to its row what it cost the server and this process per call.
+async fn measured(
+    bench: &Bench,
+    phase: impl std::future::Future<Output = Result<Value, String>>,
+) -> Result<Value, String> {
+    let before = server_stats(bench).await?;
+    let client_before = process_cpu_seconds();
+    let mut row = phase.await?;
+    let client_after = process_cpu_seconds();
+    let after = server_stats(bench).await?;
+    attach_server_stats(&mut row, &before, &after);
+    if let (Some(before), Some(after)) = (client_before, client_after) {
+        let calls = row["calls"].as_f64().unwrap_or(0.0).max(1.0);
+        row["client_cpu_us_per_call"] = json!((after - before) * 1e6 / calls);
+    }
+    Ok(row)
+}
+
+fn attach_server_stats(row: &mut Value, before: &ServerStats, after: &ServerStats) {
+    let delta = |name: &str| {
+        let (c1, u1) = after.commands.get(name).copied().unwrap_or_default();
+        let (c0, u0) = before.commands.get(name).copied().unwrap_or_default();
+        (c1 - c0, u1 - u0)
+    };
     // The control connection's own INFO is not the scenario's.
-    let all: u64 = after
-        .keys()
-        .filter(|n| *n != "info")
+    let scenario = after.commands.keys().filter(|n| *n != "info");
+    let (all, usec) = scenario
         .map(|n| delta(n))
-        .sum();
-    let scripts = delta("evalsha") + delta("eval");
+        .fold((0, 0), |(c, u), (dc, du)| (c + dc, u + du));
+    let scripts = delta("evalsha").0 + delta("eval").0;
     let calls = row["calls"].as_f64().unwrap_or(0.0).max(1.0);
     row["script_calls_per_call"] = json!(scripts as f64 / calls);
     row["commands_per_call"] = json!(all as f64 / calls);
+    row["server_command_us_per_call"] = json!(usec as f64 / calls);
+    row["server_cpu_us_per_call"] = json!((after.cpu_seconds - before.cpu_seconds) * 1e6 / calls);
+}
+
+/// CPU seconds this process has used (all threads), from `/proc/self/stat` on Linux;
+/// `None` elsewhere. The kernel counts in ticks of 1/100 s, fine over phases of seconds.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) / 100.0)
 }
 
 fn with_ratio(mut idem: Value, floor: &Value) -> Value {
@@ -861,7 +920,7 @@ fn print_table(rows: &[Value]) {
         None => "-".to_owned(),
     };
     println!(
-        "{:<10} {:<6} {:>5} {:>7} {:>4} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>5}",
+        "{:<10} {:<6} {:>5} {:>7} {:>4} {:>10} {:>6} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>5}",
         "scenario",
         "impl",
         "conc",
@@ -871,6 +930,8 @@ fn print_table(rows: &[Value]) {
         "ratio",
         "p50 ms",
         "p99 ms",
+        "srv us",
+        "cli us",
         "req/call",
         "req/key",
         "wake p50",
@@ -896,7 +957,7 @@ fn print_table(rows: &[Value]) {
             _ => "-".to_owned(),
         };
         println!(
-            "{:<10} {:<6} {:>5} {:>7} {:>4} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>5}",
+            "{:<10} {:<6} {:>5} {:>7} {:>4} {:>10} {:>6} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>5}",
             row["scenario"].as_str().unwrap_or("?"),
             row["implementation"].as_str().unwrap_or("?"),
             row["concurrency"],
@@ -906,6 +967,8 @@ fn print_table(rows: &[Value]) {
             number(&row["ratio_to_floor"], 2),
             number(&row["p50_ms"], 3),
             number(&row["p99_ms"], 3),
+            number(&row["server_cpu_us_per_call"], 1),
+            number(&row["client_cpu_us_per_call"], 1),
             number(&row["requests_per_call"], 2),
             number(&row["requests_per_key"], 1),
             wake("p50"),
@@ -916,6 +979,7 @@ fn print_table(rows: &[Value]) {
     println!(
         "wake: contended rows show callers in other instances (cross-process); joiners rows \
          show callers in the owner's instance. req/call is counted with MONITOR over {COUNTED_CALLS} \
-         calls ({COUNTED_KEYS} keys for contended and joiners) at concurrency 1."
+         calls ({COUNTED_KEYS} keys for contended and joiners) at concurrency 1. srv us and \
+         cli us: CPU microseconds per call of the server and of this process."
     );
 }

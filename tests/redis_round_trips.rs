@@ -28,13 +28,13 @@ use redis_harness::RedisServer;
 use redis_monitor::Requests;
 use redis_proxy::CutProxy;
 
-/// The digest `EVALSHA` names a script by: `record.lua` followed by the script's own file.
-fn script_sha(file: &str) -> String {
+/// The digest `EVALSHA` names a script by: the SHA-1 of its files, in the order `script.rs`
+/// joins them.
+fn script_sha(files: &[&str]) -> String {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/idem-runtime/src/store/redis/");
-    let read = |name: &str| std::fs::read_to_string(format!("{dir}{name}")).expect("script");
-    redis::Script::new(&(read("record.lua") + &read(file)))
-        .get_hash()
-        .to_owned()
+    let read = |name: &&str| std::fs::read_to_string(format!("{dir}{name}")).expect("script");
+    let source: String = files.iter().map(read).collect();
+    redis::Script::new(&source).get_hash().to_owned()
 }
 
 async fn warmed_up_service(server: &RedisServer) -> IdempotencyService {
@@ -65,7 +65,7 @@ async fn a_first_call_sends_exactly_two_requests_claim_and_complete() {
 
     assert_eq!(outcome, Call::Ran("receipt-1".to_owned()));
     let sent = requests.take_requests().await;
-    let complete = script_sha("complete.lua");
+    let complete = script_sha(&["complete_untouched.lua", "record.lua", "complete.lua"]);
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[0][0], "set");
     assert_eq!(sent[1], ["evalsha", complete.as_str()]);
@@ -184,7 +184,7 @@ async fn a_waiter_in_another_process_is_notified_and_claims_at_most_three_times(
     assert_eq!(waited, Call::Replayed("from-the-owner".to_owned()));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let sent = requests.take_requests().await;
-    let claim = script_sha("claim.lua");
+    let claim = script_sha(&["record.lua", "claim.lua"]);
     let claims = sent
         .iter()
         .filter(|r| r[0] == "set" || (r[0] == "evalsha" && r[1] == claim))

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use idem::store::redis::{EvictionPolicyError, RedisStore, RedisStoreOptions};
-use idem::store::{Claim, ClaimReply, Finish};
+use idem::store::{Claim, ClaimReply, Finish, Owner};
 use idem::{
     Body, CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Response, Store,
     StoreError, Token,
@@ -30,10 +30,25 @@ fn get(server: &RedisServer, key: &str) -> String {
 async fn records_are_strings_an_operator_can_read() {
     let server = RedisServer::start();
     let store = store(&server.url()).await;
+    // The completion script finishes a record its owner's claim left untouched without
+    // reading the server's clock, and any other through the general path, which does:
+    // both must write the same record.
+    for (key, untouched) in [(KEY, true), ("idem-test:{0::order-8}", false)] {
+        operator_reads_a_claim_and_its_completion(&server, &store, key, untouched).await;
+    }
+    server.assert_every_key_expires();
+}
+
+async fn operator_reads_a_claim_and_its_completion(
+    server: &RedisServer,
+    store: &RedisStore,
+    key: &str,
+    untouched: bool,
+) {
     let token = Token::from_stored("owner-1");
     let lease = Duration::from_secs(2);
     let claim = Claim {
-        key: KEY,
+        key,
         fingerprint: &fp(0xab),
         validate_fingerprint: true,
         token: &token,
@@ -46,19 +61,36 @@ async fn records_are_strings_an_operator_can_read() {
     else {
         panic!("a fresh key is acquired");
     };
-    let processing = get(&server, KEY);
-    let processing_pttl: i64 = server.cmd(&["PTTL", KEY]);
+    let processing = get(server, key);
+    let processing_pttl: i64 = server.cmd(&["PTTL", key]);
     let response = Response::new(201, Body::json(&"ok").unwrap()).with_header("Location", "/o/7");
     let ttl = Duration::from_secs(60);
+    let started_at = lease_until - 2000;
+    let owner = Owner {
+        key,
+        token: &token,
+        fingerprint: &fp(0xab),
+        fence,
+        started_at,
+        lease,
+        // An owner that took over does not know the record's bytes.
+        takeover: !untouched,
+    };
+    let clock_reads = || server.command_calls().get("time").copied().unwrap_or(0);
+    let before = clock_reads();
     store
-        .complete(KEY, &token, &Finish::Completed(response), ttl)
+        .complete(&owner, &Finish::Completed(response), ttl)
         .await
         .unwrap();
-    let completed = get(&server, KEY);
-    let completed_pttl: i64 = server.cmd(&["PTTL", KEY]);
+    assert_eq!(
+        clock_reads() - before,
+        u64::from(!untouched),
+        "untouched: {untouched}"
+    );
+    let completed = get(server, key);
+    let completed_pttl: i64 = server.cmd(&["PTTL", key]);
 
     let fp = "ab".repeat(32);
-    let started_at = lease_until - 2000;
     assert_eq!(
         processing,
         format!("idem2 st=processing fp={fp} tok=owner-1 fence={fence} sa={started_at} ls=2000\n")
@@ -82,14 +114,17 @@ async fn records_are_strings_an_operator_can_read() {
             &format!("sa={started_at}"),
         ]
     );
-    assert!(fields[6].starts_with("ca="), "{header}");
+    let completed_at: u64 = fields[6]
+        .strip_prefix("ca=")
+        .and_then(|ca| ca.parse().ok())
+        .unwrap_or_else(|| panic!("ca=<ms> in {header}"));
+    assert!(completed_at >= started_at, "{header}");
     assert_eq!(fields[7..], ["code=201", "hl=21"]);
     assert_eq!(payload, r#"[["Location","/o/7"]]"ok""#);
     assert!(
         (59_000..=60_000).contains(&completed_pttl),
         "{completed_pttl}"
     );
-    server.assert_every_key_expires();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,6 +429,15 @@ async fn every_path_names(store: &RedisStore, names: &str, what: &str) {
         lease: Duration::from_secs(1),
     };
     let finish = Finish::Completed(Response::ok(Body::json(&1).unwrap()));
+    let owner = Owner {
+        key: KEY,
+        token: &token,
+        fingerprint: &fp(1),
+        fence: 1,
+        started_at: 1,
+        lease: Duration::from_secs(1),
+        takeover: false,
+    };
     let outcomes: [(&str, Result<(), StoreError>); 7] = [
         ("claim", store.claim(claim).await.map(drop)),
         ("claim_many", {
@@ -403,7 +447,7 @@ async fn every_path_names(store: &RedisStore, names: &str, what: &str) {
         (
             "complete",
             store
-                .complete(KEY, &token, &finish, Duration::from_secs(1))
+                .complete(&owner, &finish, Duration::from_secs(1))
                 .await
                 .map(drop),
         ),
@@ -425,4 +469,200 @@ async fn every_path_names(store: &RedisStore, names: &str, what: &str) {
             "{what}: {path} answered {outcome:?}, expected corrupt naming {names}"
         );
     }
+}
+
+/// How many reads of client connections the server has processed so far.
+fn reads_processed(server: &RedisServer) -> u64 {
+    let stats: String = server.cmd(&["INFO", "stats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("total_reads_processed:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("Redis 6 or later reports total_reads_processed")
+}
+
+fn claim_for<'a>(key: &'a str, token: &'a Token) -> Claim<'a> {
+    Claim {
+        key,
+        fingerprint: &FP_ONE,
+        validate_fingerprint: true,
+        token,
+        lease: Duration::from_secs(5),
+    }
+}
+
+const FP_ONE: idem::Fingerprint = idem::Fingerprint::from_bytes([1; 32]);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_go_out_together_and_each_gets_its_own_reply() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let keys: Vec<String> = (0..200)
+        .map(|n| format!("idem-test:{{0::batch-{n}}}"))
+        .collect();
+    let tokens: Vec<Token> = keys.iter().map(|_| Token::generate()).collect();
+    let before = reads_processed(&server);
+
+    // Each caller a task of its own, as the requests of a server are.
+    let claims: Vec<_> = keys
+        .iter()
+        .zip(&tokens)
+        .map(|(key, token)| {
+            let (store, key, token) = (store.clone(), key.clone(), token.clone());
+            tokio::spawn(async move { store.claim(claim_for(&key, &token)).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for claim in claims {
+        replies.push(claim.await.expect("the claim task"));
+    }
+
+    // How many go together depends on the scheduler; that some do shows in the reads. The
+    // load generator measures what it saves.
+    let reads = reads_processed(&server) - before;
+    assert!(reads < 200, "200 claims took {reads} reads");
+    for ((key, token), reply) in keys.iter().zip(&tokens).zip(replies) {
+        assert!(
+            matches!(
+                reply,
+                Ok(ClaimReply::Acquired {
+                    takeover: false,
+                    ..
+                })
+            ),
+            "{key}: {reply:?}"
+        );
+        let record = get(&server, key);
+        assert!(
+            record.contains(&format!(" tok={} ", token.as_str())),
+            "{key}: {record}"
+        );
+    }
+    server.assert_every_key_expires();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_caller_dropped_while_its_command_waits_leaves_the_others_their_replies() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let keys: Vec<String> = (0..40)
+        .map(|n| format!("idem-test:{{0::drop-{n}}}"))
+        .collect();
+    let tokens: Vec<Token> = keys.iter().map(|_| Token::generate()).collect();
+
+    // Every other caller gives up after queuing its command, before any reply can come.
+    let claims = keys
+        .iter()
+        .zip(&tokens)
+        .enumerate()
+        .map(|(n, (key, token))| {
+            let store = store.clone();
+            async move {
+                let mut claim = Box::pin(store.claim(claim_for(key, token)));
+                match n % 2 {
+                    0 => Some(claim.await),
+                    _ => {
+                        let polled = futures::poll!(claim.as_mut());
+                        assert!(polled.is_pending(), "{key} answered before any write");
+                        None
+                    }
+                }
+            }
+        });
+    let replies = futures::future::join_all(claims).await;
+
+    for (key, reply) in keys.iter().zip(replies).step_by(2) {
+        assert!(
+            matches!(reply, Some(Ok(ClaimReply::Acquired { .. }))),
+            "{key}: {reply:?}"
+        );
+    }
+    // The kept callers' stores go on working after the dropped ones.
+    let again = store.claim(claim_for(&keys[0], &tokens[0])).await;
+    assert!(
+        matches!(again, Ok(ClaimReply::Acquired { .. })),
+        "{again:?}"
+    );
+    server.assert_every_key_expires();
+}
+
+// The store's flushes run on the runtime it was opened on: a caller on another runtime
+// that is not driven, or stops, must not hold up the callers that share a write with it.
+#[test]
+fn a_caller_on_a_runtime_that_stalls_and_stops_holds_up_no_one() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let server = RedisServer::start();
+    let store = main.block_on(store(&server.url()));
+    let (queued, is_queued) = std::sync::mpsc::channel();
+    let side = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let token = Token::generate();
+                let mut claim = Box::pin(store.claim(claim_for("idem-test:{0::side}", &token)));
+                // Queued: answered only if the main runtime was quicker than this thread.
+                let _ = futures::poll!(claim.as_mut());
+                queued.send(()).expect("the test waits");
+                // Nothing drives this runtime while its thread sleeps; then it stops.
+                std::thread::sleep(Duration::from_secs(2));
+            });
+        }
+    });
+    is_queued.recv().expect("the side caller queued its claim");
+
+    let bounded = |key: &'static str| {
+        let store = store.clone();
+        main.block_on(async move {
+            let token = Token::generate();
+            tokio::time::timeout(Duration::from_secs(1), store.claim(claim_for(key, &token))).await
+        })
+    };
+    let during = bounded("idem-test:{0::during}");
+    side.join().expect("the side thread");
+    let after = bounded("idem-test:{0::after}");
+
+    for (when, reply) in [
+        ("while the side runtime stalls", during),
+        ("after it stopped", after),
+    ] {
+        assert!(
+            matches!(reply, Ok(Ok(ClaimReply::Acquired { .. }))),
+            "{when}: {reply:?}"
+        );
+    }
+    // The side caller's claim went out with the others, though nobody read its reply.
+    assert!(get(&server, "idem-test:{0::side}").starts_with("idem2 st=processing"));
+    server.assert_every_key_expires();
+}
+
+#[test]
+fn a_store_whose_runtime_stopped_answers_connection_errors_instead_of_waiting() {
+    let server = RedisServer::start();
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let store = main.block_on(store(&server.url()));
+    drop(main);
+
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let token = Token::generate();
+    let claim = store.claim(claim_for("idem-test:{0::orphan}", &token));
+    let reply = other.block_on(async { tokio::time::timeout(Duration::from_secs(5), claim).await });
+
+    assert!(
+        matches!(reply, Ok(Err(StoreError::Connection(_)))),
+        "{reply:?}"
+    );
 }

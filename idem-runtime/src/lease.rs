@@ -11,6 +11,7 @@ use crate::fingerprint::Fingerprint;
 use crate::flight::{FlightEnd, FlightGuard};
 use crate::key::Key;
 use crate::record::{Millis, Token};
+use crate::store::Owner;
 
 /// The right to run an operation under a key and to store its outcome.
 ///
@@ -154,6 +155,19 @@ impl Lease {
     /// What [`fail`](crate::Idempotency::fail) does with this lease.
     pub fn failure_policy(&self) -> FailurePolicy {
         self.options.failure_policy
+    }
+
+    /// This lease as the owner a [`Store`](crate::store::Store) finishes.
+    pub fn owner(&self) -> Owner<'_> {
+        Owner {
+            key: &self.store_key,
+            token: &self.token,
+            fingerprint: &self.fingerprint,
+            fence: self.fence,
+            started_at: self.started_at,
+            lease: self.options.lock_timeout,
+            takeover: self.takeover,
+        }
     }
 
     /// Whether a renewal or completion found the lease lost.

@@ -540,10 +540,7 @@ impl IdempotencyService {
         let mut pause = Duration::from_millis(10);
         let mut attempt = 1;
         let reply = loop {
-            match store
-                .complete(lease.store_key(), lease.token(), &finish, ttl)
-                .await
-            {
+            match store.complete(&lease.owner(), &finish, ttl).await {
                 Ok(reply) => break reply,
                 Err(source) if attempt >= attempts => {
                     tracing::error!(

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem::store::{Claim, ClaimReply, Finish, LeaseReply};
+use idem::store::{Claim, ClaimReply, Finish, LeaseReply, Owner};
 use idem::{
     BatchItem, Body, CallOptions, CheckOutcome, DeleteReply, Error, FailurePolicy, Fingerprint,
     Idempotency, IdempotencyService, Key, KeyRule, Lease, Record, RecordState, RecordStatus,
@@ -1111,8 +1111,8 @@ pub async fn a_claim_retried_with_its_own_token_is_acquired_again<F: Fixture>(f:
 
     let ClaimReply::Acquired {
         fence,
+        lease_until,
         takeover: false,
-        ..
     } = first
     else {
         panic!("expected the first claim to acquire, got {first:?}");
@@ -1130,9 +1130,18 @@ pub async fn a_claim_retried_with_its_own_token_is_acquired_again<F: Fixture>(f:
     }
     assert!(matches!(foreign, ClaimReply::Busy { .. }), "{foreign:?}");
     let finish = Finish::Completed(text("done"));
+    let owner = Owner {
+        key: &store_key,
+        token: &token,
+        fingerprint: &FP1,
+        fence,
+        started_at: lease_until - case.lease.as_millis() as u64,
+        lease: case.lease,
+        takeover: false,
+    };
     let done = service
         .store()
-        .complete(&store_key, &token, &finish, case.lease * 2)
+        .complete(&owner, &finish, case.lease * 2)
         .await;
     assert!(matches!(done, Ok(LeaseReply::Applied { .. })), "{done:?}");
     case.assert_every_record_expires().await;
@@ -1163,20 +1172,12 @@ pub async fn a_completion_retried_with_the_same_outcome_is_applied_and_another_i
     let ttl = case.lease * 2;
     let first = Finish::Completed(text("first"));
 
-    let applied = store
-        .complete(lease.store_key(), lease.token(), &first, ttl)
-        .await;
-    let repeated = store
-        .complete(lease.store_key(), lease.token(), &first, ttl)
-        .await;
+    let applied = store.complete(&lease.owner(), &first, ttl).await;
+    let repeated = store.complete(&lease.owner(), &first, ttl).await;
     let second = Finish::Completed(text("second"));
-    let other = store
-        .complete(lease.store_key(), lease.token(), &second, ttl)
-        .await;
+    let other = store.complete(&lease.owner(), &second, ttl).await;
     let failed = Finish::Failed(text("first"));
-    let as_failure = store
-        .complete(lease.store_key(), lease.token(), &failed, ttl)
-        .await;
+    let as_failure = store.complete(&lease.owner(), &failed, ttl).await;
 
     assert!(
         matches!(applied, Ok(LeaseReply::Applied { .. })),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem::store::{Claim, ClaimReply, Finish, LeaseReply};
+use idem::store::{Claim, ClaimReply, Finish, LeaseReply, Owner};
 use idem::{DeleteReply, MemoryStore, Record, Store, StoreError, Token};
 
 /// A call of the [`Store`] trait.
@@ -147,12 +147,11 @@ impl Store for FaultyStore {
 
     async fn complete(
         &self,
-        key: &str,
-        token: &Token,
+        owner: &Owner<'_>,
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError> {
-        let call = self.memory.complete(key, token, finish, ttl);
+        let call = self.memory.complete(owner, finish, ttl);
         self.run(Op::Complete, call).await
     }
 

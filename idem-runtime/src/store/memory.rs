@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Store};
+use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Owner, Store};
 use crate::error::StoreError;
 use crate::record::{Millis, Record, RecordState, Token};
 
@@ -237,14 +237,13 @@ impl Store for MemoryStore {
 
     async fn complete(
         &self,
-        key: &str,
-        token: &Token,
+        owner: &Owner<'_>,
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError> {
-        let now = self.now_ms();
+        let (key, now) = (owner.key, self.now_ms());
         let mut records = self.lock();
-        let Some(record) = records.live(key, now).filter(|r| r.token == *token) else {
+        let Some(record) = records.live(key, now).filter(|r| r.token == *owner.token) else {
             return Ok(LeaseReply::Lost);
         };
         if !matches!(record.state, RecordState::Processing { .. }) {
@@ -413,6 +412,19 @@ mod tests {
         store.claim(claim).await.expect("memory never fails")
     }
 
+    /// The owner of the claim `claim` made for `token`.
+    fn owner(token: &Token) -> Owner<'_> {
+        Owner {
+            key: "k",
+            token,
+            fingerprint: &FP,
+            fence: 0,
+            started_at: 0,
+            lease: LEASE,
+            takeover: false,
+        }
+    }
+
     fn done() -> Finish {
         Finish::Completed(Response::ok(Body::bytes("done")))
     }
@@ -420,14 +432,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_change_between_the_busy_reply_and_the_wait_is_not_missed() {
         let store = MemoryStore::new();
-        let (owner, waiter) = (Token::generate(), Token::generate());
-        claim(&store, &owner).await;
+        let (token, waiter) = (Token::generate(), Token::generate());
+        claim(&store, &token).await;
         assert!(matches!(
             claim(&store, &waiter).await,
             ClaimReply::Busy { .. }
         ));
         store
-            .complete("k", &owner, &done(), LEASE)
+            .complete(&owner(&token), &done(), LEASE)
             .await
             .expect("complete");
 
@@ -447,8 +459,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_completion_wakes_a_waiter_before_its_timeout() {
         let store = MemoryStore::new();
-        let owner = Token::generate();
-        claim(&store, &owner).await;
+        let token = Token::generate();
+        claim(&store, &token).await;
         let waiter = tokio::spawn({
             let store = store.clone();
             async move {
@@ -460,7 +472,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
 
         store
-            .complete("k", &owner, &done(), LEASE)
+            .complete(&owner(&token), &done(), LEASE)
             .await
             .expect("complete");
 

@@ -45,6 +45,31 @@ pub struct Claim<'a> {
     pub lease: Duration,
 }
 
+/// The owner of a claim, for finishing its operation: who it is (the key and the token,
+/// which alone decide whether the write is applied) and how its claim was answered.
+///
+/// The claim's details let a store recognise a record nobody has touched since that claim
+/// and finish it cheaply (the Redis store compares the record with the bytes its claim
+/// wrote). They are hints: a store must never apply a write on them that the token would
+/// refuse.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// The store key.
+    pub key: &'a str,
+    /// The owner token.
+    pub token: &'a Token,
+    /// The fingerprint the key was claimed with.
+    pub fingerprint: &'a Fingerprint,
+    /// The fence the claim answered.
+    pub fence: u64,
+    /// When the claim started, as the claim answered it: its lease end minus its lease.
+    pub started_at: Millis,
+    /// The lease the claim asked for.
+    pub lease: Duration,
+    /// Whether the claim took over a lapsed lease.
+    pub takeover: bool,
+}
+
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimReply {
@@ -119,13 +144,12 @@ pub trait Store: Send + Sync + 'static {
     /// the caller's earlier attempt landed but its reply was lost.
     async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError>;
 
-    /// Finishes the operation owned by `token`, keeping the result for `ttl` from now.
-    /// Applied only while the record is processing under `token`; a record already
-    /// finished under `token` with the same outcome counts as applied.
+    /// Finishes the operation of `owner`, keeping the result for `ttl` from now. Applied
+    /// only while the record is processing under the owner's token; a record already
+    /// finished under that token with the same outcome counts as applied.
     async fn complete(
         &self,
-        key: &str,
-        token: &Token,
+        owner: &Owner<'_>,
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError>;

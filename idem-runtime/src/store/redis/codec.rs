@@ -107,14 +107,7 @@ pub(crate) fn fresh_claim(
     started_at: Millis,
     lease_ms: u64,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(180 + token.as_str().len());
-    out.extend_from_slice(TAG.as_bytes());
-    out.extend_from_slice(b" st=processing fp=");
-    push_hex(&mut out, fingerprint);
-    out.extend_from_slice(b" tok=");
-    out.extend_from_slice(token.as_str().as_bytes());
-    push_field(&mut out, "fence", fence);
-    push_field(&mut out, "sa", started_at);
+    let mut out = header_start("processing", fingerprint, token, fence, started_at);
     push_field(&mut out, "ls", lease_ms);
     out.push(b'\n');
     out
@@ -122,55 +115,149 @@ pub(crate) fn fresh_claim(
 
 /// The whole record as `insert` writes it.
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(200);
-    out.extend_from_slice(TAG.as_bytes());
-    out.extend_from_slice(b" st=");
-    out.extend_from_slice(record.status().as_str().as_bytes());
-    out.extend_from_slice(b" fp=");
-    push_hex(&mut out, &record.fingerprint);
-    out.extend_from_slice(b" tok=");
-    out.extend_from_slice(record.token.as_str().as_bytes());
-    push_field(&mut out, "fence", record.fence);
-    push_field(&mut out, "sa", record.started_at);
-    match &record.state {
+    let (fp, token) = (&record.fingerprint, &record.token);
+    let (fence, started_at) = (record.fence, record.started_at);
+    let (finish, completed_at) = match &record.state {
         RecordState::Processing { lease_until } => {
+            let mut out = header_start("processing", fp, token, fence, started_at);
             if let Some(until) = lease_until {
                 push_field(&mut out, "lu", *until);
             }
             out.push(b'\n');
+            return out;
         }
         RecordState::Completed {
             response,
             completed_at,
-        }
-        | RecordState::Failed {
-            error: response,
+        } => (Finish::Completed(response.clone()), completed_at),
+        RecordState::Failed {
+            error,
             completed_at,
-        } => {
-            push_field(&mut out, "ca", *completed_at);
-            let parts = ResponseParts::of(response);
-            push_field(&mut out, "code", u64::from(response.status));
-            // `bt=json` and `hl=0` are the defaults, left out to keep small records small.
-            if parts.body_type != "json" {
-                out.extend_from_slice(b" bt=");
-                out.extend_from_slice(parts.body_type.as_bytes());
-            }
-            if !parts.headers.is_empty() {
-                push_field(&mut out, "hl", parts.headers.len() as u64);
-            }
-            out.push(b'\n');
-            out.extend_from_slice(&parts.headers);
-            out.extend_from_slice(parts.body);
-        }
+        } => (Finish::Failed(error.clone()), completed_at),
         RecordState::NotReplayable {
             reason,
             completed_at,
-        } => {
-            push_field(&mut out, "ca", *completed_at);
-            out.push(b'\n');
-            out.extend_from_slice(reason.as_bytes());
+        } => (Finish::NotReplayable(reason.clone()), completed_at),
+    };
+    finished(fp, token, fence, started_at, &finish, *completed_at).bytes
+}
+
+/// A finished record as the client makes it for the completion script.
+pub(crate) struct Finished {
+    /// The whole record: header line, then payload.
+    pub bytes: Vec<u8>,
+    /// The length of the header line, newline included.
+    pub header_len: usize,
+    /// For a completed or failed record, what the header says of its response.
+    pub response: Option<ResponseFields>,
+}
+
+/// The header fields of a stored response.
+pub(crate) struct ResponseFields {
+    pub code: u16,
+    pub body_type: &'static str,
+    pub headers_len: usize,
+}
+
+/// The record an owner of these first four fields stores when it finishes with `finish`
+/// at `completed_at`.
+pub(crate) fn finished(
+    fp: &Fingerprint,
+    token: &Token,
+    fence: u64,
+    started_at: Millis,
+    finish: &Finish,
+    completed_at: Millis,
+) -> Finished {
+    let status = finish_status(finish);
+    match finish {
+        Finish::Completed(response) | Finish::Failed(response) => {
+            let parts = ResponseParts::of(response);
+            let mut bytes = finished_header(
+                status,
+                fp,
+                token,
+                fence,
+                started_at,
+                completed_at,
+                Some(&parts),
+            );
+            let header_len = bytes.len();
+            bytes.extend_from_slice(&parts.headers);
+            bytes.extend_from_slice(parts.body);
+            let response = ResponseFields {
+                code: response.status,
+                body_type: parts.body_type,
+                headers_len: parts.headers.len(),
+            };
+            Finished {
+                bytes,
+                header_len,
+                response: Some(response),
+            }
+        }
+        Finish::NotReplayable(reason) => {
+            let mut bytes =
+                finished_header(status, fp, token, fence, started_at, completed_at, None);
+            let header_len = bytes.len();
+            bytes.extend_from_slice(reason.as_bytes());
+            Finished {
+                bytes,
+                header_len,
+                response: None,
+            }
         }
     }
+}
+
+/// The header line (newline included) of a finished record: `status` is `completed` or
+/// `failed` with the response's `parts`, or `not_replayable` without. The same fields in
+/// the same order as the completion script writes them.
+fn finished_header(
+    status: &str,
+    fingerprint: &Fingerprint,
+    token: &Token,
+    fence: u64,
+    started_at: Millis,
+    completed_at: Millis,
+    parts: Option<&ResponseParts<'_>>,
+) -> Vec<u8> {
+    let mut out = header_start(status, fingerprint, token, fence, started_at);
+    push_field(&mut out, "ca", completed_at);
+    if let Some(parts) = parts {
+        out.extend_from_slice(b" code=");
+        out.extend_from_slice(parts.code.as_bytes());
+        // `bt=json` and `hl=0` are the defaults, left out to keep small records small.
+        if parts.body_type != "json" {
+            out.extend_from_slice(b" bt=");
+            out.extend_from_slice(parts.body_type.as_bytes());
+        }
+        if !parts.headers.is_empty() {
+            push_field(&mut out, "hl", parts.headers.len() as u64);
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
+/// The five fields every header line starts with, in their fixed order, after the tag.
+fn header_start(
+    status: &str,
+    fingerprint: &Fingerprint,
+    token: &Token,
+    fence: u64,
+    started_at: Millis,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200 + token.as_str().len());
+    out.extend_from_slice(TAG.as_bytes());
+    out.extend_from_slice(b" st=");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b" fp=");
+    push_hex(&mut out, fingerprint);
+    out.extend_from_slice(b" tok=");
+    out.extend_from_slice(token.as_str().as_bytes());
+    push_field(&mut out, "fence", fence);
+    push_field(&mut out, "sa", started_at);
     out
 }
 

@@ -7,9 +7,16 @@
 -- ARGV[2]  the outcome status: 'completed', 'failed' or 'not_replayable'
 -- ARGV[3]  the TTL, in milliseconds
 -- ARGV[4]  the record format version this client writes and reads
--- ARGV[5..8] for 'completed' and 'failed': status code, body type, headers (a JSON list,
---            or empty for none), body
--- ARGV[5]    for 'not_replayable': the reason
+-- ARGV[5]  the owner's fresh claim record, empty after a takeover
+-- ARGV[6]  the finished record as the client made it: a header line, then the payload
+--          (for 'completed' and 'failed' the headers as a JSON list, if any, then the
+--          body; for 'not_replayable' the reason)
+-- ARGV[7]  the length of that header line, newline included
+-- ARGV[8]  when the client finished, epoch milliseconds on its clock
+-- ARGV[9..11] for 'completed' and 'failed': status code, body type, length of the headers
+--
+-- The common case, a record untouched since the owner's claim, is decided ahead of the
+-- shared helpers (complete_untouched.lua); below is every other case.
 --
 -- Replies: {'applied', now_ms} | {'lost'} | {'corrupt', what}
 -- A record already finished under the token answers 'applied' when it holds this very
@@ -28,19 +35,14 @@ if not record or record.fields.tok ~= token then
 end
 local f = record.fields
 
-local payload
-if status == 'not_replayable' then
-  payload = ARGV[5]
-else
-  payload = ARGV[7] .. ARGV[8]
-end
+local payload = string.sub(ARGV[6], tonumber(ARGV[7]) + 1)
 
 if f.st ~= 'processing' then
   -- An earlier try of this completion landed and its reply was lost, or this is a second,
   -- different finish, which must not pass for stored.
   local same = f.st == status and record.payload == payload
   if same and status ~= 'not_replayable' then
-    same = f.code == ARGV[5] and (f.bt or 'json') == ARGV[6] and tonumber(f.hl or '0') == #ARGV[7]
+    same = f.code == ARGV[9] and (f.bt or 'json') == ARGV[10] and tonumber(f.hl or '0') == tonumber(ARGV[11])
   end
   if same then
     return {'applied', int(now_ms)}
@@ -51,12 +53,12 @@ end
 local extra = ''
 if status ~= 'not_replayable' then
   -- `bt=json` and `hl=0` are the defaults, left out to keep small records small.
-  extra = ' code=' .. ARGV[5]
-  if ARGV[6] ~= 'json' then
-    extra = extra .. ' bt=' .. ARGV[6]
+  extra = ' code=' .. ARGV[9]
+  if ARGV[10] ~= 'json' then
+    extra = extra .. ' bt=' .. ARGV[10]
   end
-  if #ARGV[7] > 0 then
-    extra = extra .. ' hl=' .. #ARGV[7]
+  if ARGV[11] ~= '0' then
+    extra = extra .. ' hl=' .. ARGV[11]
   end
 end
 local done = 'idem' .. version .. ' st=' .. status .. ' fp=' .. f.fp .. ' tok=' .. f.tok ..

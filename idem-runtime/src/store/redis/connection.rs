@@ -1,6 +1,7 @@
 //! Connections to a standalone Redis or a Redis Cluster, their timeouts, and how client
 //! errors map to store errors.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -8,6 +9,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
+use super::coalesce::Coalescer;
 use crate::error::StoreError;
 
 /// How a [`RedisStore`](super::RedisStore) connects and what it checks at start-up.
@@ -62,10 +64,11 @@ pub struct EvictionPolicyError {
     pub policy: String,
 }
 
-/// A standalone or cluster connection; both are cheap clones of a shared handle.
+/// A standalone or cluster connection; both are cheap clones of a shared handle. A
+/// standalone connection gathers the commands of concurrent callers into one write.
 #[derive(Clone)]
 pub(crate) enum Connection {
-    Standalone(ConnectionManager),
+    Standalone(ConnectionManager, Arc<Coalescer>),
     Cluster(ClusterConnection),
 }
 
@@ -84,7 +87,7 @@ impl Connection {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(store_error)?;
-        Ok(Connection::Standalone(manager))
+        Ok(Connection::Standalone(manager, Coalescer::new()))
     }
 
     /// Opens a connection to the Redis Cluster that `urls` belong to.
@@ -104,11 +107,12 @@ impl Connection {
         Ok(Connection::Cluster(connection))
     }
 
-    /// Sends one command to the node that owns its key (any node for keyless commands).
-    pub async fn query(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
-        match self.clone() {
-            Connection::Standalone(mut conn) => cmd.query_async(&mut conn).await,
-            Connection::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+    /// Sends one command to the node that owns its key (any node for keyless commands); on
+    /// a standalone server, in one write with those of other callers sent at the same time.
+    pub async fn query(&self, cmd: Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Connection::Standalone(conn, coalescer) => coalescer.query(conn, cmd).await,
+            Connection::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
         }
     }
 
@@ -119,7 +123,7 @@ impl Connection {
         pipe: &redis::Pipeline,
     ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
         match self.clone() {
-            Connection::Standalone(mut conn) => pipe.query_async(&mut conn).await,
+            Connection::Standalone(mut conn, _) => pipe.query_async(&mut conn).await,
             Connection::Cluster(mut conn) => pipe.query_async(&mut conn).await,
         }
     }
@@ -127,7 +131,7 @@ impl Connection {
     /// Sends one command to every primary (the only one, when standalone).
     async fn query_primaries(&self, cmd: Cmd) -> redis::RedisResult<Value> {
         match self.clone() {
-            Connection::Standalone(mut conn) => cmd.query_async(&mut conn).await,
+            Connection::Standalone(mut conn, _) => cmd.query_async(&mut conn).await,
             Connection::Cluster(mut conn) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 conn.route_command(cmd, routing).await

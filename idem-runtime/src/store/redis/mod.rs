@@ -40,7 +40,7 @@
 //! | `ls` | processing, fresh claim | the lease length in milliseconds; the lease ends one lease before the key expires |
 //! | `lu` | processing, after a takeover or renewal | end of the owner's lease, epoch milliseconds on the server's clock |
 //! | `w` | processing | `1` when a waiter in another process asked to be told of the outcome |
-//! | `ca` | finished | when the outcome was stored, epoch milliseconds |
+//! | `ca` | finished | when the outcome was stored, epoch milliseconds (the client's clock when a first call finishes an untouched claim, see [Round trips](#round-trips); the server's otherwise) |
 //! | `code` | completed, failed | status code of the stored response |
 //! | `bt` | completed, failed | body type: `json` (JSON text; the default, left out) or `bytes` (stored as given) |
 //! | `hl` | completed, failed, with headers | length of the headers at the start of the payload (left out: 0) |
@@ -81,6 +81,18 @@
 //! as `EVALSHA`; a `NOSCRIPT` reply is answered with `EVAL`, which caches the script again
 //! on the node that owns the key, so `SCRIPT FLUSH`, restarts and failovers cost one extra
 //! round trip and nothing else.
+//!
+//! The completion of a first call has a short way through its script
+//! (`complete_untouched.lua`, ahead of the helpers): the client sends the bytes its claim
+//! wrote (made again from the [`Owner`]) and the finished record. When
+//! the key still holds exactly those bytes, nobody renewed, marked or took over the claim,
+//! and the script writes the finished record as it is, its `ca` from the client's clock
+//! like the claim's `sa`. Any other record goes the general way, on the server's clock.
+//!
+//! On a standalone server, commands that concurrent callers send at about the same moment
+//! go out as one pipeline, in one write (see `coalesce.rs`): under load the socket writes
+//! and reads of every single request cost the client and the server more than the commands
+//! themselves. Each command keeps its own reply and error.
 //!
 //! # Clocks
 //!
@@ -143,10 +155,11 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
-use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Store};
+use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Owner, Store};
 use crate::error::StoreError;
 use crate::record::{Millis, Record, Token};
 
+mod coalesce;
 mod codec;
 mod connection;
 mod notify;
@@ -157,7 +170,7 @@ pub use connection::{EvictionPolicyError, RedisStoreOptions};
 /// [`RedisStore::from_connection_manager`] or [`RedisStore::from_cluster_connection`].
 pub use redis;
 
-use codec::{corrupt, Found, Reply, ResponseParts, FORMAT_VERSION};
+use codec::{corrupt, Found, Reply, FORMAT_VERSION};
 use connection::{is_connection_error, store_error, Connection};
 use notify::Notifier;
 use script::{Script, Scripts};
@@ -187,7 +200,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.connection {
-            Connection::Standalone(_) => "standalone",
+            Connection::Standalone(..) => "standalone",
             Connection::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
@@ -244,7 +257,8 @@ impl RedisStore {
         manager: ConnectionManager,
         options: RedisStoreOptions,
     ) -> Result<Self, StoreError> {
-        RedisStore::start(Connection::Standalone(manager), options).await
+        let connection = Connection::Standalone(manager, coalesce::Coalescer::new());
+        RedisStore::start(connection, options).await
     }
 
     /// A store over a cluster connection the caller built; as
@@ -321,7 +335,7 @@ impl RedisStore {
     async fn query(&self, key: &str, cmd: &redis::Cmd) -> Result<redis::Value, StoreError> {
         let mut attempt = 0;
         loop {
-            match self.connection.query(cmd).await {
+            match self.connection.query(cmd.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if self.retry(key, &error, &mut attempt) => {
                     tokio::time::sleep(RETRY_PAUSE * attempt).await;
@@ -349,9 +363,7 @@ impl RedisStore {
     /// The `SET NX GET` of a fresh claim, and what it acquires when the key is free.
     fn fresh_claim(&self, claim: &Claim<'_>) -> Result<(redis::Cmd, ClaimReply), StoreError> {
         codec::check_token(claim.key, claim.token)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = since_epoch();
         let now_us = now.as_micros() as u64;
         let previous = self.last_fence.fetch_max(now_us, Ordering::AcqRel);
         let fence = match previous >= now_us {
@@ -465,7 +477,7 @@ impl RedisStore {
         claims: &[(&str, &redis::Cmd)],
     ) -> Vec<Result<redis::Value, StoreError>> {
         let groups: Vec<Vec<usize>> = match &self.connection {
-            Connection::Standalone(_) => vec![(0..claims.len()).collect()],
+            Connection::Standalone(..) => vec![(0..claims.len()).collect()],
             Connection::Cluster(_) => {
                 let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
                 for (index, (key, _)) in claims.iter().enumerate() {
@@ -587,34 +599,55 @@ impl Store for RedisStore {
 
     async fn complete(
         &self,
-        key: &str,
-        token: &Token,
+        owner: &Owner<'_>,
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError> {
-        let status = codec::finish_status(finish);
         let ttl = millis(ttl);
+        // For the script's common case: what the owner's fresh claim wrote (a takeover
+        // wrote a record of the script's making), and the finished record.
+        let claimed = match owner.takeover {
+            true => Vec::new(),
+            false => codec::fresh_claim(
+                owner.fingerprint,
+                owner.token,
+                owner.fence,
+                owner.started_at,
+                owner.lease.as_millis() as u64,
+            ),
+        };
+        let completed_at = epoch_ms();
+        let finished = codec::finished(
+            owner.fingerprint,
+            owner.token,
+            owner.fence,
+            owner.started_at,
+            finish,
+            completed_at,
+        );
+        let header_len = finished.header_len.to_string();
+        let completed_at = completed_at.to_string();
         let mut args: Vec<&[u8]> = vec![
-            token.as_str().as_bytes(),
-            status.as_bytes(),
+            owner.token.as_str().as_bytes(),
+            codec::finish_status(finish).as_bytes(),
             ttl.as_bytes(),
             FORMAT_VERSION.as_bytes(),
+            &claimed,
+            &finished.bytes,
+            header_len.as_bytes(),
+            completed_at.as_bytes(),
         ];
-        let parts;
-        match finish {
-            Finish::Completed(response) | Finish::Failed(response) => {
-                parts = ResponseParts::of(response);
-                args.extend([
-                    parts.code.as_bytes(),
-                    parts.body_type.as_bytes(),
-                    &parts.headers,
-                    parts.body,
-                ]);
-            }
-            Finish::NotReplayable(reason) => args.push(reason.as_bytes()),
+        let response_fields;
+        if let Some(response) = &finished.response {
+            response_fields = [response.code.to_string(), response.headers_len.to_string()];
+            args.extend([
+                response_fields[0].as_bytes(),
+                response.body_type.as_bytes(),
+                response_fields[1].as_bytes(),
+            ]);
         }
-        let reply = self.run(&self.scripts.complete, key, &args).await?;
-        lease_reply(key, reply)
+        let reply = self.run(&self.scripts.complete, owner.key, &args).await?;
+        lease_reply(owner.key, reply)
     }
 
     async fn renew(
@@ -729,6 +762,18 @@ fn lease_reply(key: &str, reply: Reply) -> Result<LeaseReply, StoreError> {
         "lost" => Ok(LeaseReply::Lost),
         _ => Err(reply.unexpected(key)),
     }
+}
+
+/// The client's clock.
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The client's clock in epoch milliseconds.
+fn epoch_ms() -> Millis {
+    since_epoch().as_millis() as Millis
 }
 
 /// A duration as whole milliseconds, the unit of every script argument.

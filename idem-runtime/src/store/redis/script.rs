@@ -31,9 +31,9 @@ impl Script {
         key: &str,
         args: &[&[u8]],
     ) -> redis::RedisResult<Value> {
-        match connection.query(&self.command("EVALSHA", key, args)).await {
+        match connection.query(self.command("EVALSHA", key, args)).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                connection.query(&self.command("EVAL", key, args)).await
+                connection.query(self.command("EVAL", key, args)).await
             }
             result => result,
         }
@@ -78,7 +78,11 @@ impl Scripts {
     pub fn new() -> Scripts {
         Scripts {
             claim: script!("claim.lua"),
-            complete: script!("complete.lua"),
+            complete: Script::new(concat!(
+                include_str!("complete_untouched.lua"),
+                include_str!("record.lua"),
+                include_str!("complete.lua")
+            )),
             renew: script!("renew.lua"),
             release: script!("release.lua"),
             delete: script!("delete.lua"),
