@@ -59,11 +59,16 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// This caller's lease was taken over (it ran longer than its lease without renewal) or
-    /// removed, so its result was not stored. The new owner's result stands.
+    /// This caller's lease ended: it lapsed (the operation ran past its lease without a
+    /// renewal reaching the store), another caller took it over, or it was removed.
+    ///
+    /// From a completion or failure: nothing was stored, and the new owner's result stands.
+    /// From a renewal: the lease was not extended; a completion that follows still stores
+    /// its result if no other caller has taken the key over by then.
     #[error(
-        "lease on idempotency key {key:?} was lost to another owner or removed; \
-         this result was not stored, retry with the same key to read the stored one"
+        "lease on idempotency key {key:?} is lost: it lapsed, another owner took it over, or \
+         it was removed; a completion that gets this error stored nothing, retry with the \
+         same key to read the stored result"
     )]
     LeaseLost {
         /// The key.

@@ -720,8 +720,10 @@ impl IdempotencyService {
 /// than [`MIN_LOCK_TIMEOUT`](crate::MIN_LOCK_TIMEOUT), which would leave it no time.
 ///
 /// When a renewal finds the lease lost, the operation is left to finish (stopping it
-/// halfway could leave a side effect half done); the lease is marked lost, a warning is
-/// logged and the completion then fails with [`Error::LeaseLost`]. A store error during
+/// halfway could leave a side effect half done); the lease is marked lost and a warning is
+/// logged. The completion then fails with [`Error::LeaseLost`] if another caller took the
+/// key over meanwhile, and stores the result if nobody did (the record is still this
+/// owner's). A store error during
 /// renewal is retried at the next tick. Dropping the returned future stops renewal.
 pub async fn keep_alive<S, F>(service: &S, lease: &Lease, operation: F) -> F::Output
 where

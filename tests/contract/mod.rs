@@ -105,6 +105,7 @@ macro_rules! store_contract_tests {
             every_record_state_carries_an_expiry
             a_vanished_owner_blocks_its_key_for_one_lease_not_the_ttl
             renewing_a_lapsed_lease_is_refused_and_never_recreates_the_record
+            an_owner_whose_renewal_came_too_late_still_completes_when_nobody_took_over
             a_renewal_moves_the_lease_end_to_renew_time_plus_lock_timeout
             a_body_kept_alive_for_five_leases_is_never_taken_over
             a_call_that_does_not_wait_answers_in_progress_with_the_lease_remaining
@@ -980,6 +981,33 @@ pub async fn renewing_a_lapsed_lease_is_refused_and_never_recreates_the_record<F
     );
     assert_eq!(record(&service, &key).await, None);
     assert_eq!(case.case_keys().await, Vec::<String>::new());
+}
+
+/// The behaviour `keep_alive` documents: a renewal after the lease lapsed is refused, but
+/// the record is still this owner's until another caller takes it over, so its completion
+/// is stored and replayed.
+pub async fn an_owner_whose_renewal_came_too_late_still_completes_when_nobody_took_over<
+    F: Fixture,
+>(
+    f: &F,
+) {
+    let case = Case::new(f, "renew-late-complete");
+    let key = Key::new("order-1");
+    let service = case.service();
+    let lease = acquire(&service, &key, &fp(1)).await;
+
+    case.sleep(case.lease + case.margin()).await;
+    let renewed = service.renew(&lease).await;
+    let completed = service.complete(&lease, text("late but mine")).await;
+
+    assert!(
+        matches!(renewed, Err(Error::LeaseLost { .. })),
+        "{renewed:?}"
+    );
+    assert!(completed.is_ok(), "{completed:?}");
+    let again = check(&service, &key, &fp(1), &CallOptions::new()).await;
+    assert_eq!(replayed(again), text("late but mine"));
+    case.assert_every_record_expires().await;
 }
 
 pub async fn a_renewal_moves_the_lease_end_to_renew_time_plus_lock_timeout<F: Fixture>(f: &F) {

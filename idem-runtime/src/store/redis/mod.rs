@@ -298,9 +298,12 @@ impl RedisStore {
     /// there is no record, [`Duration::MAX`] for a key without expiry (which idem never
     /// writes).
     pub async fn pttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        let mut cmd = redis::cmd("PTTL");
-        cmd.arg(key);
-        match self.query(key, &cmd).await? {
+        let pttl = || {
+            let mut cmd = redis::cmd("PTTL");
+            cmd.arg(key);
+            cmd
+        };
+        match self.query(key, pttl).await? {
             redis::Value::Int(-2) => Ok(None),
             redis::Value::Int(-1) => Ok(Some(Duration::MAX)),
             redis::Value::Int(ms) => Ok(Some(Duration::from_millis(ms.max(0) as u64))),
@@ -332,10 +335,15 @@ impl RedisStore {
         }
     }
 
-    async fn query(&self, key: &str, cmd: &redis::Cmd) -> Result<redis::Value, StoreError> {
+    /// Sends the command `command` makes (again for each attempt: a sent command is gone).
+    async fn query(
+        &self,
+        key: &str,
+        command: impl Fn() -> redis::Cmd,
+    ) -> Result<redis::Value, StoreError> {
         let mut attempt = 0;
         loop {
-            match self.connection.query(cmd.clone()).await {
+            match self.connection.query(command()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if self.retry(key, &error, &mut attempt) => {
                     tokio::time::sleep(RETRY_PAUSE * attempt).await;
@@ -360,8 +368,9 @@ impl RedisStore {
         true
     }
 
-    /// The `SET NX GET` of a fresh claim, and what it acquires when the key is free.
-    fn fresh_claim(&self, claim: &Claim<'_>) -> Result<(redis::Cmd, ClaimReply), StoreError> {
+    /// The record a fresh claim writes with `SET NX GET`, and what it acquires when the key
+    /// is free.
+    fn fresh_claim(&self, claim: &Claim<'_>) -> Result<(FreshClaim, ClaimReply), StoreError> {
         codec::check_token(claim.key, claim.token)?;
         let now = since_epoch();
         let now_us = now.as_micros() as u64;
@@ -373,23 +382,16 @@ impl RedisStore {
         let started_at = now.as_millis() as Millis;
         let lease = claim.lease.as_millis() as u64;
         let value = codec::fresh_claim(claim.fingerprint, claim.token, fence, started_at, lease);
-        // Sized up front (20 digits for the expiry): growing the command's buffers argument
-        // by argument took more allocator time than the rest of a replay.
-        let size = "SETNXGETPX".len() + claim.key.len() + value.len() + 20;
-        let mut cmd = redis::Cmd::with_capacity(7, size);
-        cmd.arg("SET")
-            .arg(claim.key)
-            .arg(&value[..])
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(lease.saturating_mul(2).max(1));
+        let fresh = FreshClaim {
+            value,
+            expiry_ms: lease.saturating_mul(2).max(1),
+        };
         let acquired = ClaimReply::Acquired {
             fence,
             lease_until: started_at + lease,
             takeover: false,
         };
-        Ok((cmd, acquired))
+        Ok((fresh, acquired))
     }
 
     /// What the reply to a fresh claim's `SET NX GET` means; `None` when the key holds a
@@ -474,7 +476,7 @@ impl RedisStore {
     /// hash slot on a cluster, all at once. Answers each claim's `SET` reply in order.
     async fn pipelined(
         &self,
-        claims: &[(&str, &redis::Cmd)],
+        claims: &[(&str, redis::Cmd)],
     ) -> Vec<Result<redis::Value, StoreError>> {
         let groups: Vec<Vec<usize>> = match &self.connection {
             Connection::Standalone(..) => vec![(0..claims.len()).collect()],
@@ -521,6 +523,30 @@ impl RedisStore {
     }
 }
 
+/// The record of a fresh claim and how long its key lives.
+struct FreshClaim {
+    value: Vec<u8>,
+    expiry_ms: u64,
+}
+
+impl FreshClaim {
+    /// `SET <key> <record> NX GET PX <expiry>`.
+    fn command(&self, key: &str) -> redis::Cmd {
+        // Sized up front (20 digits for the expiry): growing the command's buffers argument
+        // by argument took more allocator time than the rest of a replay.
+        let size = "SETNXGETPX".len() + key.len() + self.value.len() + 20;
+        let mut cmd = redis::Cmd::with_capacity(7, size);
+        cmd.arg("SET")
+            .arg(key)
+            .arg(&self.value[..])
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(self.expiry_ms);
+        cmd
+    }
+}
+
 /// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag, or of the whole
 /// key when it has none, modulo 16384.
 fn slot_of(key: &str) -> u16 {
@@ -545,9 +571,9 @@ fn slot_of(key: &str) -> u16 {
 #[async_trait]
 impl Store for RedisStore {
     async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
-        let (cmd, acquired) = self.fresh_claim(&claim)?;
+        let (fresh, acquired) = self.fresh_claim(&claim)?;
         let reply = self
-            .query(claim.key, &cmd)
+            .query(claim.key, || fresh.command(claim.key))
             .await
             .map_err(|e| wrong_type_is_corrupt(claim.key, e))?;
         match self.fresh_reply(&claim, acquired, reply)? {
@@ -558,10 +584,10 @@ impl Store for RedisStore {
 
     async fn claim_many(&self, claims: &[Claim<'_>]) -> Vec<Result<ClaimReply, StoreError>> {
         let prepared: Vec<_> = claims.iter().map(|c| self.fresh_claim(c)).collect();
-        let commands: Vec<(&str, &redis::Cmd)> = claims
+        let commands: Vec<(&str, redis::Cmd)> = claims
             .iter()
             .zip(&prepared)
-            .filter_map(|(c, p)| p.as_ref().ok().map(|(cmd, _)| (c.key, cmd)))
+            .filter_map(|(c, p)| p.as_ref().ok().map(|(f, _)| (c.key, f.command(c.key))))
             .collect();
         let mut sent = self.pipelined(&commands).await.into_iter();
         let mut replies = Vec::with_capacity(claims.len());
@@ -673,9 +699,12 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        match self.query(key, &cmd).await {
+        let get = || {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            cmd
+        };
+        match self.query(key, get).await {
             Ok(redis::Value::Nil) => Ok(None),
             Ok(redis::Value::BulkString(value)) => codec::decode(key, value).map(Some),
             Ok(other) => Err(corrupt(key, format!("unexpected GET reply {other:?}"))),
