@@ -577,6 +577,11 @@ async fn a_caller_dropped_while_its_command_waits_leaves_the_others_their_replie
             "{key}: {reply:?}"
         );
     }
+    // Those who gave up before the write had their claims left out of it.
+    for key in keys.iter().skip(1).step_by(2) {
+        let left: Option<Vec<u8>> = server.cmd(&["GET", key]);
+        assert_eq!(left, None, "{key} was claimed for a caller that gave up");
+    }
     // The kept callers' stores go on working after the dropped ones.
     let again = store.claim(claim_for(&keys[0], &tokens[0])).await;
     assert!(
@@ -643,26 +648,68 @@ fn a_caller_on_a_runtime_that_stalls_and_stops_holds_up_no_one() {
     server.assert_every_key_expires();
 }
 
+// A store shared by tests that each run their own runtime, as `#[tokio::test]`s do.
 #[test]
-fn a_store_whose_runtime_stopped_answers_connection_errors_instead_of_waiting() {
+fn a_store_opened_on_a_runtime_that_ended_keeps_working_from_the_next_one() {
     let server = RedisServer::start();
-    let main = tokio::runtime::Builder::new_multi_thread()
+    let first = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let store = main.block_on(store(&server.url()));
-    drop(main);
+    let store = first.block_on(store(&server.url()));
+    drop(first);
 
+    for round in 0..3 {
+        let next = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let token = Token::generate();
+        let key = format!("idem-test:{{0::next-{round}}}");
+        let reply = next.block_on(async {
+            let claim = store.claim(claim_for(&key, &token));
+            tokio::time::timeout(Duration::from_secs(5), claim).await
+        });
+        assert!(
+            matches!(reply, Ok(Ok(ClaimReply::Acquired { .. }))),
+            "round {round}: {reply:?}"
+        );
+    }
+    server.assert_every_key_expires();
+}
+
+// The runtime that opened the store lives on but nobody drives it: commands sent from
+// elsewhere fail within the store's timeouts (as the connection's own would), not never.
+#[test]
+fn a_store_whose_runtime_is_never_driven_again_fails_within_its_timeouts() {
+    let server = RedisServer::start();
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // 0.5 s + 1 s: the harness store's connection and response timeouts.
+    let store = idle.block_on(store(&server.url()));
     let other = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     let token = Token::generate();
-    let claim = store.claim(claim_for("idem-test:{0::orphan}", &token));
-    let reply = other.block_on(async { tokio::time::timeout(Duration::from_secs(5), claim).await });
+    let key = "idem-test:{0::idle}";
+
+    let started = std::time::Instant::now();
+    let reply = other.block_on(async {
+        let claim = store.claim(claim_for(key, &token));
+        tokio::time::timeout(Duration::from_secs(10), claim).await
+    });
+    let took = started.elapsed();
 
     assert!(
         matches!(reply, Ok(Err(StoreError::Connection(_)))),
-        "{reply:?}"
+        "{reply:?} after {took:?}"
     );
+    // A claim nobody waits for any more is not sent when the runtime comes back.
+    idle.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    let left: Option<Vec<u8>> = server.cmd(&["GET", key]);
+    assert_eq!(left, None, "a claim sent after its caller gave up");
+    drop(idle);
 }

@@ -87,7 +87,8 @@ impl Connection {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(store_error)?;
-        Ok(Connection::Standalone(manager, Coalescer::new()))
+        let patience = options.connection_timeout + options.response_timeout;
+        Ok(Connection::Standalone(manager, Coalescer::new(patience)))
     }
 
     /// Opens a connection to the Redis Cluster that `urls` belong to.

@@ -251,13 +251,15 @@ impl RedisStore {
     }
 
     /// A store over a connection manager the caller built; its own timeouts and reconnect
-    /// settings apply, and `options` only for the start-up check and retries. Waiters
+    /// settings apply, and `options` only for the start-up check, retries, and the longest
+    /// a command waits for its reply (`connection_timeout` + `response_timeout`). Waiters
     /// poll: the store has no URL to open its pub/sub connection with.
     pub async fn from_connection_manager(
         manager: ConnectionManager,
         options: RedisStoreOptions,
     ) -> Result<Self, StoreError> {
-        let connection = Connection::Standalone(manager, coalesce::Coalescer::new());
+        let patience = options.connection_timeout + options.response_timeout;
+        let connection = Connection::Standalone(manager, coalesce::Coalescer::new(patience));
         RedisStore::start(connection, options).await
     }
 
