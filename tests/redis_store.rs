@@ -471,6 +471,21 @@ async fn every_path_names(store: &RedisStore, names: &str, what: &str) {
     }
 }
 
+fn one_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 /// How many reads of client connections the server has processed so far.
 fn reads_processed(server: &RedisServer) -> u64 {
     let stats: String = server.cmd(&["INFO", "stats"]);
@@ -595,21 +610,14 @@ async fn a_caller_dropped_while_its_command_waits_leaves_the_others_their_replie
 // that is not driven, or stops, must not hold up the callers that share a write with it.
 #[test]
 fn a_caller_on_a_runtime_that_stalls_and_stops_holds_up_no_one() {
-    let main = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let main = two_thread_runtime();
     let server = RedisServer::start();
     let store = main.block_on(store(&server.url()));
     let (queued, is_queued) = std::sync::mpsc::channel();
     let side = std::thread::spawn({
         let store = store.clone();
         move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
+            let runtime = one_thread_runtime();
             runtime.block_on(async {
                 let token = Token::generate();
                 let mut claim = Box::pin(store.claim(claim_for("idem-test:{0::side}", &token)));
@@ -652,18 +660,12 @@ fn a_caller_on_a_runtime_that_stalls_and_stops_holds_up_no_one() {
 #[test]
 fn a_store_opened_on_a_runtime_that_ended_keeps_working_from_the_next_one() {
     let server = RedisServer::start();
-    let first = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let first = two_thread_runtime();
     let store = first.block_on(store(&server.url()));
     drop(first);
 
     for round in 0..3 {
-        let next = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let next = one_thread_runtime();
         let token = Token::generate();
         let key = format!("idem-test:{{0::next-{round}}}");
         let reply = next.block_on(async {
@@ -683,16 +685,10 @@ fn a_store_opened_on_a_runtime_that_ended_keeps_working_from_the_next_one() {
 #[test]
 fn a_store_whose_runtime_is_never_driven_again_fails_within_its_timeouts() {
     let server = RedisServer::start();
-    let idle = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let idle = one_thread_runtime();
     // 0.5 s + 1 s: the harness store's connection and response timeouts.
     let store = idle.block_on(store(&server.url()));
-    let other = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let other = one_thread_runtime();
     let token = Token::generate();
     let key = "idem-test:{0::idle}";
 
