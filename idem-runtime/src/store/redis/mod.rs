@@ -330,7 +330,8 @@ impl RedisStore {
             match script.run(&self.connection, key, args).await {
                 Ok(value) => return Ok(value),
                 Err(error) if self.retry(key, &error, &mut attempt) => {
-                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    // Boxed, as every rare path here: inline it would grow each call.
+                    Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
                 }
                 Err(error) => return Err(store_error(error)),
             }
@@ -348,7 +349,8 @@ impl RedisStore {
             match self.connection.query(command()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if self.retry(key, &error, &mut attempt) => {
-                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    // Boxed, as every rare path here: inline it would grow each call.
+                    Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
                 }
                 Err(error) => return Err(store_error(error)),
             }
@@ -580,7 +582,9 @@ impl Store for RedisStore {
             .map_err(|e| wrong_type_is_corrupt(claim.key, e))?;
         match self.fresh_reply(&claim, acquired, reply)? {
             Some(reply) => Ok(reply),
-            None => self.claim_processing(&claim).await,
+            // Boxed: a held key is the rare case, and its script call inline made every
+            // claim's future too large for the allocator's per-thread cache.
+            None => Box::pin(self.claim_processing(&claim)).await,
         }
     }
 
