@@ -23,7 +23,9 @@ pub struct RedisStoreOptions {
     pub strict_eviction_check: bool,
     /// How long one attempt to open a connection may take. Default 1 s.
     pub connection_timeout: Duration,
-    /// How long one command may wait for its reply. Default 2 s.
+    /// How long one command may wait for its reply once sent. Default 2 s. On a standalone
+    /// server, where concurrent commands share writes, a command also waits at most
+    /// `connection_timeout + response_timeout` in all from the moment it is issued.
     pub response_timeout: Duration,
     /// How many times a command is sent again after its connection failed. Default 2. A
     /// command that timed out is not sent again by the store (the service's own retries of
