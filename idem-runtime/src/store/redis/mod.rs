@@ -84,15 +84,17 @@
 //!
 //! The completion of a first call has a short way through its script
 //! (`complete_untouched.lua`, ahead of the helpers): the client sends the bytes its claim
-//! wrote (made again from the [`Owner`]) and the finished record. When
-//! the key still holds exactly those bytes, nobody renewed, marked or took over the claim,
-//! and the script writes the finished record as it is, its `ca` from the client's clock
-//! like the claim's `sa`. Any other record goes the general way, on the server's clock.
+//! wrote (made again from the [`Owner`]) and the finished record. When the key still holds
+//! exactly those bytes, nobody renewed, marked or took over the claim, and the script
+//! writes the finished record as it is, its `ca` from the client's clock like the claim's
+//! `sa`. Any other record goes the general way, on the server's clock.
 //!
 //! On a standalone server, commands that concurrent callers send at about the same moment
 //! go out as one pipeline, in one write (see `coalesce.rs`): under load the socket writes
 //! and reads of every single request cost the client and the server more than the commands
-//! themselves. Each command keeps its own reply and error.
+//! themselves. Each command keeps its own reply and error, waits at most
+//! `connection_timeout + response_timeout` in all, and is left out of the write when its
+//! caller gave up before it.
 //!
 //! # Clocks
 //!
