@@ -25,7 +25,11 @@
 //!
 //! Each of fresh and replay runs at every `--concurrency` (callers in flight; default
 //! `1,64`); contended runs that many keys at once. Every phase stops at `--calls` calls or
-//! `--seconds` seconds, whichever comes first.
+//! `--seconds` seconds, whichever comes first. The floor and idem phases of fresh and replay
+//! each run `--rounds` times (default 3), alternating, and each row sums them: a slow spell
+//! of a noisy machine, or the server's cost of growing its key space, then falls on both
+//! (`ratio_per_round` lists each round's ratio). A single round of each, floor first, was
+//! biased by up to half against whichever phase the server's growth landed on.
 //!
 //! # Figures
 //!
@@ -81,12 +85,13 @@ struct Args {
     seconds: f64,
     concurrency: Vec<usize>,
     instances: usize,
+    rounds: usize,
     scenarios: Vec<String>,
     out: Option<String>,
 }
 
 const USAGE: &str = "usage: loadgen --url redis://127.0.0.1:PORT/ [--calls N] [--seconds S] \
-[--concurrency 1,64] [--instances 2] [--scenarios fresh,replay,contended,joiners] [--out FILE.json]
+[--concurrency 1,64] [--instances 2] [--rounds 3] [--scenarios fresh,replay,contended,joiners] [--out FILE.json]
 The URL may also come from REDIS_URL. Start a server of your own, e.g.
     redis-server --port 7777 --save '' --appendonly no";
 
@@ -97,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10.0,
         concurrency: vec![1, 64],
         instances: 2,
+        rounds: 3,
         scenarios: ["fresh", "replay", "contended", "joiners"]
             .map(String::from)
             .to_vec(),
@@ -116,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
             "--calls" => args.calls = value.parse().map_err(|_| bad("a count"))?,
             "--seconds" => args.seconds = value.parse().map_err(|_| bad("seconds"))?,
             "--instances" => args.instances = value.parse().map_err(|_| bad("a count"))?,
+            "--rounds" => args.rounds = value.parse().map_err(|_| bad("a count"))?,
             "--out" => args.out = Some(value),
             "--concurrency" => {
                 args.concurrency = value
@@ -133,9 +140,9 @@ fn parse_args() -> Result<Args, String> {
             "no Redis URL: pass --url or set REDIS_URL\n{USAGE}"
         ));
     }
-    if args.calls == 0 || args.seconds <= 0.0 || args.instances < 2 {
+    if args.calls == 0 || args.seconds <= 0.0 || args.instances < 2 || args.rounds == 0 {
         return Err(format!(
-            "--calls and --seconds must be positive, --instances at least 2\n{USAGE}"
+            "--calls, --seconds and --rounds must be positive, --instances at least 2\n{USAGE}"
         ));
     }
     if args.concurrency.contains(&0) {
@@ -257,16 +264,10 @@ async fn run(args: Args) -> Result<u64, String> {
     }
     for &concurrency in &bench.args.concurrency {
         if wants("fresh") {
-            let floor = throughput(&bench, Call::FloorFresh, concurrency).await?;
-            let idem = throughput(&bench, Call::IdemFresh, concurrency).await?;
-            rows.push(with_ratio(idem, &floor));
-            rows.push(floor);
+            rows.extend(compared(&bench, Call::FloorFresh, Call::IdemFresh, concurrency).await?);
         }
         if wants("replay") {
-            let floor = throughput(&bench, Call::FloorReplay, concurrency).await?;
-            let idem = throughput(&bench, Call::IdemReplay, concurrency).await?;
-            rows.push(with_ratio(idem, &floor));
-            rows.push(floor);
+            rows.extend(compared(&bench, Call::FloorReplay, Call::IdemReplay, concurrency).await?);
         }
         if wants("contended") {
             rows.push(contended(&bench, concurrency, bench.args.instances).await?);
@@ -444,6 +445,67 @@ async fn one_call(bench: &Bench, call: Call, phase: u64, n: u64) -> Result<(), S
             }
         }
     }
+}
+
+/// The floor's and idem's rows for one scenario at `concurrency`: `--rounds` runs of each,
+/// alternating, so that a slow spell of a noisy machine falls on both.
+async fn compared(
+    bench: &Arc<Bench>,
+    floor: Call,
+    idem: Call,
+    concurrency: usize,
+) -> Result<[Value; 2], String> {
+    let (mut floors, mut idems) = (Vec::new(), Vec::new());
+    for _ in 0..bench.args.rounds {
+        floors.push(throughput(bench, floor, concurrency).await?);
+        idems.push(throughput(bench, idem, concurrency).await?);
+    }
+    let per_round: Vec<f64> = floors
+        .iter()
+        .zip(&idems)
+        .filter_map(|(f, i)| Some(i["calls_per_sec"].as_f64()? / f["calls_per_sec"].as_f64()?))
+        .collect();
+    let floor = merged(floors);
+    let mut idem = with_ratio(merged(idems), &floor);
+    idem["ratio_per_round"] = json!(per_round);
+    Ok([idem, floor])
+}
+
+/// Rounds of one phase as one row: calls and time summed, per-call costs weighted by
+/// calls, latency percentiles the median round's.
+fn merged(rounds: Vec<Value>) -> Value {
+    let number = |row: &Value, field: &str| row[field].as_f64().unwrap_or(0.0);
+    let calls: f64 = rounds.iter().map(|r| number(r, "calls")).sum();
+    let count = |field: &str| rounds.iter().filter_map(|r| r[field].as_u64()).sum::<u64>();
+    let seconds: f64 = rounds.iter().map(|r| number(r, "seconds")).sum();
+    let mut row = rounds.first().cloned().unwrap_or_default();
+    row["rounds"] = json!(rounds.len());
+    if rounds.len() < 2 {
+        return row;
+    }
+    row["calls"] = json!(count("calls"));
+    row["errors"] = json!(count("errors"));
+    row["seconds"] = json!(seconds);
+    row["calls_per_sec"] = json!(calls / seconds.max(f64::MIN_POSITIVE));
+    for field in [
+        "script_calls_per_call",
+        "commands_per_call",
+        "server_command_us_per_call",
+        "server_cpu_us_per_call",
+        "client_cpu_us_per_call",
+    ] {
+        let total: f64 = rounds
+            .iter()
+            .map(|r| number(r, field) * number(r, "calls"))
+            .sum();
+        row[field] = json!(total / calls.max(1.0));
+    }
+    for field in ["p50_ms", "p99_ms"] {
+        let mut values: Vec<f64> = rounds.iter().map(|r| number(r, field)).collect();
+        values.sort_by(f64::total_cmp);
+        row[field] = json!(values[values.len() / 2]);
+    }
+    row
 }
 
 /// Runs `call` at `concurrency` until the call count or the time limit is reached.
