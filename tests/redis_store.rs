@@ -39,6 +39,23 @@ async fn records_are_strings_an_operator_can_read() {
     server.assert_every_key_expires();
 }
 
+/// Claims the free `key` with fingerprint `fp(0xab)`: its fence and lease end.
+async fn claim_fresh(store: &RedisStore, key: &str, token: &Token, lease: Duration) -> (u64, u64) {
+    let claim = Claim {
+        key,
+        fingerprint: &fp(0xab),
+        validate_fingerprint: true,
+        token,
+        lease,
+    };
+    match store.claim(claim).await.unwrap() {
+        ClaimReply::Acquired {
+            fence, lease_until, ..
+        } => (fence, lease_until),
+        other => panic!("a fresh key is acquired, not {other:?}"),
+    }
+}
+
 async fn operator_reads_a_claim_and_its_completion(
     server: &RedisServer,
     store: &RedisStore,
@@ -47,20 +64,7 @@ async fn operator_reads_a_claim_and_its_completion(
 ) {
     let token = Token::from_stored("owner-1");
     let lease = Duration::from_secs(2);
-    let claim = Claim {
-        key,
-        fingerprint: &fp(0xab),
-        validate_fingerprint: true,
-        token: &token,
-        lease,
-    };
-
-    let ClaimReply::Acquired {
-        fence, lease_until, ..
-    } = store.claim(claim).await.unwrap()
-    else {
-        panic!("a fresh key is acquired");
-    };
+    let (fence, lease_until) = claim_fresh(store, key, &token, lease).await;
     let processing = get(server, key);
     let processing_pttl: i64 = server.cmd(&["PTTL", key]);
     let response = Response::new(201, Body::json(&"ok").unwrap()).with_header("Location", "/o/7");
@@ -125,6 +129,158 @@ async fn operator_reads_a_claim_and_its_completion(
         (59_000..=60_000).contains(&completed_pttl),
         "{completed_pttl}"
     );
+}
+
+/// Finishes a fresh claim of `key` with `finish`, the short way (the owner knows what its
+/// claim wrote) or the general way (it does not, as after a takeover), and answers the
+/// stored record with its `ca` field cut out, and what the completion replied.
+async fn finished_record(
+    server: &RedisServer,
+    store: &RedisStore,
+    key: &str,
+    finish: &Finish,
+    untouched: bool,
+) -> (Vec<u8>, Result<idem::store::LeaseReply, StoreError>) {
+    let token = Token::from_stored("owner-1");
+    let lease = Duration::from_secs(2);
+    let (fence, lease_until) = claim_fresh(store, key, &token, lease).await;
+    let owner = Owner {
+        key,
+        token: &token,
+        fingerprint: &fp(0xab),
+        fence,
+        started_at: lease_until - 2000,
+        lease,
+        takeover: !untouched,
+    };
+    let reply = store
+        .complete(&owner, finish, Duration::from_secs(60))
+        .await;
+    let record: Vec<u8> = server.cmd(&["GET", key]);
+    (without_fields(&record, &["ca="]), reply)
+}
+
+/// `record` with the header fields that start with any of `names` cut out.
+fn without_fields(record: &[u8], names: &[&str]) -> Vec<u8> {
+    let end = record
+        .iter()
+        .position(|b| *b == b'\n')
+        .expect("a header line");
+    let header = std::str::from_utf8(&record[..end]).expect("header lines are UTF-8");
+    let kept: Vec<&str> = header
+        .split(' ')
+        .filter(|field| !names.iter().any(|name| field.starts_with(name)))
+        .collect();
+    [kept.join(" ").as_bytes(), &record[end..]].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_of_completing_store_the_same_record_for_every_outcome() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let with_headers = |r: Response| r.with_header("Location", "/o/7").with_header("X-A", "b c");
+    let finishes = [
+        Finish::Completed(with_headers(Response::new(201, Body::json(&"ok").unwrap()))),
+        Finish::Completed(Response::ok(Body::bytes(&b"\x00\xffbytes\n"[..]))),
+        Finish::Completed(Response::ok(Body::bytes(Vec::new()))),
+        Finish::Failed(with_headers(Response::new(
+            502,
+            Body::bytes(&b"upstream"[..]),
+        ))),
+        Finish::Failed(Response::new(
+            409,
+            Body::json(&serde_json::json!({"e": 1})).unwrap(),
+        )),
+        Finish::NotReplayable("result of 9 bytes exceeds the 8-byte cap".to_owned()),
+    ];
+    for (n, finish) in finishes.iter().enumerate() {
+        let short = format!("idem-test:{{0::short-{n}}}");
+        let general = format!("idem-test:{{0::general-{n}}}");
+        let (by_short, reply) = finished_record(&server, &store, &short, finish, true).await;
+        assert!(
+            matches!(reply, Ok(idem::store::LeaseReply::Applied { .. })),
+            "{reply:?}"
+        );
+        let (by_general, reply) = finished_record(&server, &store, &general, finish, false).await;
+        assert!(
+            matches!(reply, Ok(idem::store::LeaseReply::Applied { .. })),
+            "{reply:?}"
+        );
+        // Fences and claim times differ (each claim has its own); nothing else may.
+        let fields = ["fence=", "sa="];
+        assert_eq!(
+            without_fields(&by_short, &fields),
+            without_fields(&by_general, &fields),
+            "{finish:?}"
+        );
+        let stored = store.get(&general).await.unwrap().expect("a record");
+        let expected = match finish {
+            Finish::Completed(response) => matches!(&stored.state,
+                idem::RecordState::Completed { response: r, .. } if r == response),
+            Finish::Failed(error) => matches!(&stored.state,
+                idem::RecordState::Failed { error: e, .. } if e == error),
+            Finish::NotReplayable(reason) => matches!(&stored.state,
+                idem::RecordState::NotReplayable { reason: r, .. } if r == reason),
+        };
+        assert!(expected, "{finish:?} read back as {:?}", stored.state);
+    }
+    server.assert_every_key_expires();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_sent_again_the_general_way_is_applied_only_for_the_same_outcome() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let key = "idem-test:{0::again}";
+    let first = Finish::Completed(
+        Response::new(201, Body::bytes(&b"x"[..])).with_header("Location", "/o/7"),
+    );
+    let (_, reply) = finished_record(&server, &store, key, &first, false).await;
+    assert!(
+        matches!(reply, Ok(idem::store::LeaseReply::Applied { .. })),
+        "{reply:?}"
+    );
+    let stored: Vec<u8> = server.cmd(&["GET", key]);
+    let (token, fingerprint) = (Token::from_stored("owner-1"), fp(0xab));
+    let owner = |fence| Owner {
+        key,
+        token: &token,
+        fingerprint: &fingerprint,
+        fence,
+        started_at: 0,
+        lease: Duration::from_secs(2),
+        takeover: true,
+    };
+    let fence = store.get(key).await.unwrap().expect("a record").fence;
+    let ttl = Duration::from_secs(60);
+    // The same outcome again (its first reply was lost): applied, and nothing rewritten.
+    let again = store.complete(&owner(fence), &first, ttl).await;
+    assert!(
+        matches!(again, Ok(idem::store::LeaseReply::Applied { .. })),
+        "{again:?}"
+    );
+    assert_eq!(server.cmd::<Vec<u8>>(&["GET", key]), stored);
+    // Any other outcome, or the same one with another status code, body type or headers,
+    // must not pass for stored.
+    let others = [
+        Finish::Completed(
+            Response::new(200, Body::bytes(&b"x"[..])).with_header("Location", "/o/7"),
+        ),
+        Finish::Completed(
+            Response::new(201, Body::Json(b"x".to_vec().into())).with_header("Location", "/o/7"),
+        ),
+        Finish::Completed(Response::new(201, Body::bytes(&b"x"[..]))),
+        Finish::Failed(Response::new(201, Body::bytes(&b"x"[..])).with_header("Location", "/o/7")),
+        Finish::NotReplayable("x".to_owned()),
+    ];
+    for other in others {
+        let reply = store.complete(&owner(fence), &other, ttl).await;
+        assert!(
+            matches!(reply, Ok(idem::store::LeaseReply::Lost)),
+            "{other:?}: {reply:?}"
+        );
+        assert_eq!(server.cmd::<Vec<u8>>(&["GET", key]), stored, "{other:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,7 @@ impl Key {
         let mut out = String::with_capacity(prefix.len() + scope.len() + id.len() + 8);
         out.push_str(prefix);
         out.push('{');
-        out.push_str(&scope.len().to_string());
+        out.push_str(itoa::Buffer::new().format(scope.len()));
         out.push(':');
         out.push_str(&scope);
         out.push(':');
@@ -144,7 +144,7 @@ fn check_text(text: &str, max_len: usize) -> Result<(), KeyRule> {
 }
 
 fn escape(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(['%', '{', '}']) {
+    if !text.bytes().any(|b| matches!(b, b'%' | b'{' | b'}')) {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 8);

@@ -190,41 +190,136 @@ impl fmt::Debug for Body {
 
 /// An owner token: 128 random bits, made by the client before it claims a key, so that a
 /// claim or completion retried after a lost reply recognises its own earlier write.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Token(String);
+#[derive(Clone)]
+pub struct Token(TokenText);
+
+/// A token's text: up to [`INLINE_TOKEN`] bytes (every generated token, and every token a
+/// store reads back from idem's own records) kept in place, longer ones on the heap. Every
+/// claim makes a token and every replay reads one: in place, neither allocates.
+#[derive(Clone)]
+enum TokenText {
+    Inline { len: u8, bytes: [u8; INLINE_TOKEN] },
+    Heap(Box<str>),
+}
+
+/// The longest token text kept in place: a generated token's 32 hex digits.
+const INLINE_TOKEN: usize = 32;
 
 impl Token {
     /// A fresh random token.
     pub fn generate() -> Token {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let bits = rand::random::<u128>();
-        // Lowercase hex, 32 digits; written directly since this runs on every claim.
-        let text = (0..32)
-            .rev()
-            .map(|i| char::from(DIGITS[((bits >> (i * 4)) & 0xf) as usize]))
-            .collect();
-        Token(text)
+        let mut bytes = [0u8; INLINE_TOKEN];
+        for (i, digit) in bytes.iter_mut().enumerate() {
+            *digit = DIGITS[((bits >> ((31 - i) * 4)) & 0xf) as usize];
+        }
+        Token(TokenText::Inline {
+            len: INLINE_TOKEN as u8,
+            bytes,
+        })
     }
 
     /// A token from its stored text.
     pub fn from_stored(text: impl Into<String>) -> Token {
-        Token(text.into())
+        let text = text.into();
+        match text.len() <= INLINE_TOKEN {
+            true => Token::from_text(&text),
+            false => Token(TokenText::Heap(text.into_boxed_str())),
+        }
+    }
+
+    /// A token from its stored text, copied.
+    pub(crate) fn from_text(text: &str) -> Token {
+        if text.len() > INLINE_TOKEN {
+            return Token(TokenText::Heap(text.into()));
+        }
+        let mut bytes = [0u8; INLINE_TOKEN];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Token(TokenText::Inline {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The token's text as bytes, without the UTF-8 check that [`as_str`](Self::as_str)
+    /// makes of a token kept in place.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            TokenText::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            TokenText::Heap(text) => text.as_bytes(),
+        }
     }
 
     /// The token's text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ever the bytes of a whole `str` (or hex digits): always UTF-8.
+            TokenText::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            TokenText::Heap(text) => text,
+        }
+    }
+}
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Token {}
+
+impl std::hash::Hash for Token {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Token({})", self.0)
+        write!(f, "Token({})", self.as_str())
     }
 }
 
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn tokens_read_the_same_whether_kept_in_place_or_on_the_heap() {
+        let long = "b".repeat(33);
+        let wide = "é".repeat(20);
+        for text in [
+            "",
+            "t1",
+            "0123456789abcdef0123456789abcdef",
+            &long,
+            &wide,
+            "токен",
+        ] {
+            let token = Token::from_stored(text);
+            assert_eq!(token.as_str(), text);
+            assert_eq!(token.as_bytes(), text.as_bytes());
+            assert_eq!(token.to_string(), text);
+            assert_eq!(Token::from_text(text), token);
+            let state = std::hash::RandomState::new();
+            assert_eq!(
+                state.hash_one(&token),
+                state.hash_one(Token::from_text(text))
+            );
+        }
+        let generated = Token::generate();
+        assert_eq!(Token::from_stored(generated.as_str()), generated);
+        assert_ne!(Token::generate(), generated);
     }
 }

@@ -11,7 +11,7 @@
 //! records into bytes and bytes into records, and reports anything it cannot read as
 //! [`StoreError::Corrupt`] naming the key.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::error::StoreError;
 use crate::fingerprint::Fingerprint;
@@ -84,10 +84,11 @@ impl Reply {
 
 /// Whether `token` can stand in a header line: printable ASCII without spaces.
 pub(crate) fn check_token(key: &str, token: &Token) -> Result<(), StoreError> {
-    let text = token.as_str();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) {
+    let text = token.as_bytes();
+    if !text.is_empty() && text.iter().all(u8::is_ascii_graphic) {
         return Ok(());
     }
+    let text = token.as_str();
     Err(StoreError::Command(
         format!(
             "owner token {text:?} for {key:?} cannot be stored: tokens are printable ASCII \
@@ -139,28 +140,12 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
             completed_at,
         } => (Finish::NotReplayable(reason.clone()), completed_at),
     };
-    finished(fp, token, fence, started_at, &finish, *completed_at).bytes
+    finished(fp, token, fence, started_at, &finish, *completed_at)
 }
 
-/// A finished record as the client makes it for the completion script.
-pub(crate) struct Finished {
-    /// The whole record: header line, then payload.
-    pub bytes: Vec<u8>,
-    /// The length of the header line, newline included.
-    pub header_len: usize,
-    /// For a completed or failed record, what the header says of its response.
-    pub response: Option<ResponseFields>,
-}
-
-/// The header fields of a stored response.
-pub(crate) struct ResponseFields {
-    pub code: u16,
-    pub body_type: &'static str,
-    pub headers_len: usize,
-}
-
-/// The record an owner of these first four fields stores when it finishes with `finish`
-/// at `completed_at`.
+/// The finished record (header line, then payload) that an owner of these first four
+/// fields stores when it finishes with `finish` at `completed_at`, as the client sends it
+/// to the completion script.
 pub(crate) fn finished(
     fp: &Fingerprint,
     token: &Token,
@@ -168,7 +153,7 @@ pub(crate) fn finished(
     started_at: Millis,
     finish: &Finish,
     completed_at: Millis,
-) -> Finished {
+) -> Vec<u8> {
     let status = finish_status(finish);
     match finish {
         Finish::Completed(response) | Finish::Failed(response) => {
@@ -182,30 +167,16 @@ pub(crate) fn finished(
                 completed_at,
                 Some(&parts),
             );
-            let header_len = bytes.len();
+            bytes.reserve_exact(parts.headers.len() + parts.body.len());
             bytes.extend_from_slice(&parts.headers);
             bytes.extend_from_slice(parts.body);
-            let response = ResponseFields {
-                code: response.status,
-                body_type: parts.body_type,
-                headers_len: parts.headers.len(),
-            };
-            Finished {
-                bytes,
-                header_len,
-                response: Some(response),
-            }
+            bytes
         }
         Finish::NotReplayable(reason) => {
             let mut bytes =
                 finished_header(status, fp, token, fence, started_at, completed_at, None);
-            let header_len = bytes.len();
             bytes.extend_from_slice(reason.as_bytes());
-            Finished {
-                bytes,
-                header_len,
-                response: None,
-            }
+            bytes
         }
     }
 }
@@ -225,8 +196,7 @@ fn finished_header(
     let mut out = header_start(status, fingerprint, token, fence, started_at);
     push_field(&mut out, "ca", completed_at);
     if let Some(parts) = parts {
-        out.extend_from_slice(b" code=");
-        out.extend_from_slice(parts.code.as_bytes());
+        push_field(&mut out, "code", u64::from(parts.code));
         // `bt=json` and `hl=0` are the defaults, left out to keep small records small.
         if parts.body_type != "json" {
             out.extend_from_slice(b" bt=");
@@ -248,14 +218,14 @@ fn header_start(
     fence: u64,
     started_at: Millis,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(200 + token.as_str().len());
+    let mut out = Vec::with_capacity(200 + token.as_bytes().len());
     out.extend_from_slice(TAG.as_bytes());
     out.extend_from_slice(b" st=");
     out.extend_from_slice(status.as_bytes());
     out.extend_from_slice(b" fp=");
     push_hex(&mut out, fingerprint);
     out.extend_from_slice(b" tok=");
-    out.extend_from_slice(token.as_str().as_bytes());
+    out.extend_from_slice(token.as_bytes());
     push_field(&mut out, "fence", fence);
     push_field(&mut out, "sa", started_at);
     out
@@ -263,7 +233,7 @@ fn header_start(
 
 /// A response split the way the completion script takes it.
 pub(crate) struct ResponseParts<'a> {
-    pub code: String,
+    pub code: u16,
     pub body_type: &'static str,
     /// Headers as a JSON list of pairs; empty when there are none.
     pub headers: Vec<u8>,
@@ -282,7 +252,7 @@ impl<'a> ResponseParts<'a> {
             false => serde_json::to_vec(&response.headers).unwrap_or_default(),
         };
         ResponseParts {
-            code: response.status.to_string(),
+            code: response.status,
             body_type,
             headers,
             body,
@@ -290,8 +260,8 @@ impl<'a> ResponseParts<'a> {
     }
 }
 
-/// The status argument of the completion script.
-pub(crate) fn finish_status(finish: &Finish) -> &'static str {
+/// The `st` field of a finished record.
+fn finish_status(finish: &Finish) -> &'static str {
     match finish {
         Finish::Completed(_) => "completed",
         Finish::Failed(_) => "failed",
@@ -309,18 +279,21 @@ pub(crate) enum Found {
 
 /// Reads a record that `SET NX GET` found, without copying its body.
 pub(crate) fn found(key: &str, value: Vec<u8>) -> Result<Found, StoreError> {
-    let value = Bytes::from(value);
     let header = Header::parse(key, &value)?;
     if header.status == "processing" {
         return Ok(Found::Processing);
     }
-    header.into_record(key, &value).map(Found::Finished)
+    header
+        .fields(key)?
+        .into_record(key, value)
+        .map(Found::Finished)
 }
 
-/// Reads a whole record.
+/// Reads a whole record, without copying its body.
 pub(crate) fn decode(key: &str, value: Vec<u8>) -> Result<Record, StoreError> {
-    let value = Bytes::from(value);
-    Header::parse(key, &value)?.into_record(key, &value)
+    Header::parse(key, &value)?
+        .fields(key)?
+        .into_record(key, value)
 }
 
 /// The header line of a record, borrowed from it; fields this version does not know are
@@ -346,11 +319,13 @@ struct Header<'a> {
 
 impl<'a> Header<'a> {
     fn parse(key: &str, value: &'a [u8]) -> Result<Header<'a>, StoreError> {
-        let end = value.iter().position(|b| *b == b'\n');
+        let end = memchr::memchr(b'\n', value);
         let line = &value[..end.unwrap_or(value.len())];
         let line = std::str::from_utf8(line)
             .map_err(|_| corrupt(key, "the header line is not UTF-8".into()))?;
-        let mut words = line.split(' ');
+        // Words are cut at their ASCII spaces and `=` by byte position (every byte offset of
+        // an ASCII byte is a character boundary): this runs on every replay.
+        let mut words = Words { line, at: 0 };
         let tag = words.next().unwrap_or_default();
         if tag != TAG {
             let version = tag.strip_prefix("idem").unwrap_or(tag);
@@ -369,9 +344,10 @@ impl<'a> Header<'a> {
         };
         let mut status = None;
         for word in words {
-            let Some((name, text)) = word.split_once('=') else {
+            let Some(equals) = word.bytes().position(|b| b == b'=') else {
                 continue;
             };
+            let (name, text) = (&word[..equals], &word[equals + 1..]);
             let slot = match name {
                 "st" => &mut status,
                 "fp" => &mut header.fp,
@@ -398,58 +374,120 @@ impl<'a> Header<'a> {
         Ok(header)
     }
 
-    fn into_record(self, key: &str, value: &Bytes) -> Result<Record, StoreError> {
+    /// The fields a record's state needs, checked, and owning nothing of the record.
+    fn fields(self, key: &str) -> Result<Fields, StoreError> {
         let fingerprint = parse_hex(required(key, "fp", self.fp)?)
             .ok_or_else(|| corrupt(key, "field `fp` is not a 64-digit hex fingerprint".into()))?;
-        let token = Token::from_stored(required(key, "tok", self.tok)?);
+        let token = Token::from_text(required(key, "tok", self.tok)?);
         let fence = required(key, "fence", self.fence)?;
         let started_at = required(key, "sa", self.sa)?;
-        let payload = value.slice(self.payload.min(value.len())..);
-
         let state = match self.status {
-            "processing" => RecordState::Processing {
-                lease_until: self.lease_until(started_at),
+            "processing" => StateFields::Processing {
+                lease_until: self.lu.or_else(|| self.ls.map(|ls| started_at + ls)),
             },
-            "completed" => RecordState::Completed {
-                response: self.response(key, payload)?,
-                completed_at: required(key, "ca", self.ca)?,
-            },
-            "failed" => RecordState::Failed {
-                error: self.response(key, payload)?,
-                completed_at: required(key, "ca", self.ca)?,
-            },
-            "not_replayable" => RecordState::NotReplayable {
-                reason: String::from_utf8(payload.to_vec())
-                    .map_err(|_| corrupt(key, "the reason is not UTF-8".into()))?,
+            "completed" => StateFields::Completed(self.response(key)?),
+            "failed" => StateFields::Failed(self.response(key)?),
+            "not_replayable" => StateFields::NotReplayable {
                 completed_at: required(key, "ca", self.ca)?,
             },
             other => return Err(corrupt(key, format!("unknown status {other:?}"))),
         };
-        Ok(Record {
+        Ok(Fields {
             fingerprint,
             token,
             fence,
             started_at,
             state,
+            payload: self.payload,
         })
     }
 
-    /// The lease end: given (`lu`, on the server's clock), or the claim time plus the lease
-    /// length (`ls`, for a fresh claim, whose times come from the client's clock), or none.
-    /// Both numbers are at most [`MAX_NUMBER`], so their sum cannot overflow.
-    fn lease_until(&self, started_at: Millis) -> Option<Millis> {
-        self.lu.or_else(|| self.ls.map(|ls| started_at + ls))
-    }
-
-    fn response(&self, key: &str, payload: Bytes) -> Result<Response, StoreError> {
+    fn response(&self, key: &str) -> Result<ResponseHeader, StoreError> {
         let code = required(key, "code", self.code)?;
         let status = u16::try_from(code)
             .map_err(|_| corrupt(key, format!("status code {code} is out of range")))?;
-        let headers_len = usize::try_from(self.hl.unwrap_or(0)).unwrap_or(usize::MAX);
-        if headers_len > payload.len() {
+        let json = match self.bt.unwrap_or("json") {
+            "json" => true,
+            "bytes" => false,
+            other => return Err(corrupt(key, format!("unknown body type {other:?}"))),
+        };
+        Ok(ResponseHeader {
+            status,
+            json,
+            headers_len: usize::try_from(self.hl.unwrap_or(0)).unwrap_or(usize::MAX),
+            completed_at: required(key, "ca", self.ca)?,
+        })
+    }
+}
+
+/// A record's header, read: everything but the payload.
+struct Fields {
+    fingerprint: Fingerprint,
+    token: Token,
+    fence: u64,
+    started_at: Millis,
+    state: StateFields,
+    /// Where the payload starts.
+    payload: usize,
+}
+
+/// What the header says of the record's state. The lease end is given (`lu`, on the
+/// server's clock), or the claim time plus the lease length (`ls`, for a fresh claim,
+/// whose times come from the client's clock), or neither. Both numbers are at most
+/// [`MAX_NUMBER`], so their sum cannot overflow.
+enum StateFields {
+    Processing { lease_until: Option<Millis> },
+    Completed(ResponseHeader),
+    Failed(ResponseHeader),
+    NotReplayable { completed_at: Millis },
+}
+
+/// What the header says of a stored response.
+struct ResponseHeader {
+    status: u16,
+    json: bool,
+    headers_len: usize,
+    completed_at: Millis,
+}
+
+impl Fields {
+    /// The record, with `value` (the record's bytes) as its payload: the body is the same
+    /// buffer, past the header, neither copied nor shared.
+    fn into_record(self, key: &str, value: Vec<u8>) -> Result<Record, StoreError> {
+        let mut payload = Bytes::from(value);
+        payload.advance(self.payload.min(payload.len()));
+        let state = match self.state {
+            StateFields::Processing { lease_until } => RecordState::Processing { lease_until },
+            StateFields::Completed(header) => RecordState::Completed {
+                completed_at: header.completed_at,
+                response: header.into_response(key, payload)?,
+            },
+            StateFields::Failed(header) => RecordState::Failed {
+                completed_at: header.completed_at,
+                error: header.into_response(key, payload)?,
+            },
+            StateFields::NotReplayable { completed_at } => RecordState::NotReplayable {
+                reason: String::from_utf8(payload.to_vec())
+                    .map_err(|_| corrupt(key, "the reason is not UTF-8".into()))?,
+                completed_at,
+            },
+        };
+        Ok(Record {
+            fingerprint: self.fingerprint,
+            token: self.token,
+            fence: self.fence,
+            started_at: self.started_at,
+            state,
+        })
+    }
+}
+
+impl ResponseHeader {
+    fn into_response(self, key: &str, mut payload: Bytes) -> Result<Response, StoreError> {
+        if self.headers_len > payload.len() {
             return Err(corrupt(key, "field `hl` is longer than the payload".into()));
         }
-        let headers = match headers_len {
+        let headers = match self.headers_len {
             0 => Vec::new(),
             n => serde_json::from_slice(&payload[..n]).map_err(|e| {
                 corrupt(
@@ -458,17 +496,35 @@ impl<'a> Header<'a> {
                 )
             })?,
         };
-        let body = payload.slice(headers_len..);
-        let body = match self.bt.unwrap_or("json") {
-            "json" => Body::Json(body),
-            "bytes" => Body::Bytes(body),
-            other => return Err(corrupt(key, format!("unknown body type {other:?}"))),
+        payload.advance(self.headers_len);
+        let body = match self.json {
+            true => Body::Json(payload),
+            false => Body::Bytes(payload),
         };
         Ok(Response {
-            status,
+            status: self.status,
             body,
             headers,
         })
+    }
+}
+
+/// The words of a header line: what lies between single spaces, as `str::split(' ')`
+/// gives them.
+struct Words<'a> {
+    line: &'a str,
+    /// Where the next word starts; past the end once the last word was given.
+    at: usize,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.line.get(self.at..)?;
+        let len = memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len());
+        self.at += len + 1;
+        Some(&rest[..len])
     }
 }
 
@@ -476,26 +532,18 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: u64) {
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
     out.push(b'=');
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = value;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn push_hex(out: &mut Vec<u8>, fingerprint: &Fingerprint) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in fingerprint.as_bytes() {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0xf)]);
+    // Into an array first: a push per digit checks the vector's capacity 64 times.
+    let mut hex = [0u8; 64];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(fingerprint.as_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
+    out.extend_from_slice(&hex);
 }
 
 /// A fingerprint from 64 hex digits (either case).
@@ -529,21 +577,25 @@ fn required<T>(key: &str, field: &str, value: Option<T>) -> Result<T, StoreError
 /// A number field: decimal digits only (no sign, no exponent, no fraction), at most
 /// [`MAX_NUMBER`], as the scripts read it.
 fn parse_number(key: &str, field: &str, value: &[u8]) -> Result<u64, StoreError> {
-    let digits = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|_| digits)
-        .and_then(|text| text.parse().ok())
-        .filter(|number| *number <= MAX_NUMBER)
-        .ok_or_else(|| {
-            corrupt(
-                key,
-                format!(
-                    "field `{field}` is {:?}, not a whole number up to 2^53",
-                    String::from_utf8_lossy(value)
-                ),
-            )
-        })
+    let mut number: u64 = 0;
+    for &byte in value {
+        // Past MAX_NUMBER after any digit, the number stays past it: stop there.
+        if !byte.is_ascii_digit() || number > MAX_NUMBER {
+            number = u64::MAX;
+            break;
+        }
+        number = number * 10 + u64::from(byte - b'0');
+    }
+    if value.is_empty() || number > MAX_NUMBER {
+        return Err(corrupt(
+            key,
+            format!(
+                "field `{field}` is {:?}, not a whole number up to 2^53",
+                String::from_utf8_lossy(value)
+            ),
+        ));
+    }
+    Ok(number)
 }
 
 pub(crate) fn bytes_of(key: &str, value: redis::Value) -> Result<Vec<u8>, StoreError> {
@@ -727,6 +779,15 @@ mod tests {
             decode("k", largest.into_bytes()).unwrap().fence,
             (1 << 53) - 1
         );
+    }
+
+    #[test]
+    fn unknown_words_and_extra_spaces_in_the_header_are_skipped() {
+        let text = String::from_utf8(encode(&completed()))
+            .unwrap()
+            .replacen(" sa=", "  later=1 word sa=", 1)
+            .replacen('\n', " \n", 1);
+        assert_eq!(decode("k", text.into_bytes()).unwrap(), completed());
     }
 
     #[test]

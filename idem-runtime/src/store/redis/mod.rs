@@ -659,29 +659,13 @@ impl Store for RedisStore {
             finish,
             completed_at,
         );
-        let header_len = finished.header_len.to_string();
-        let completed_at = completed_at.to_string();
-        let mut args: Vec<&[u8]> = vec![
-            owner.token.as_str().as_bytes(),
-            codec::finish_status(finish).as_bytes(),
-            ttl.as_bytes(),
-            FORMAT_VERSION.as_bytes(),
-            &claimed,
-            &finished.bytes,
-            header_len.as_bytes(),
-            completed_at.as_bytes(),
-        ];
-        let response_fields;
-        if let Some(response) = &finished.response {
-            response_fields = [response.code.to_string(), response.headers_len.to_string()];
-            args.extend([
-                response_fields[0].as_bytes(),
-                response.body_type.as_bytes(),
-                response_fields[1].as_bytes(),
-            ]);
+        let args: [&[u8]; 3] = [ttl.as_bytes(), &claimed, &finished];
+        let reply = self.send(&self.scripts.complete, owner.key, &args).await?;
+        // The short path's reply: stored as sent, finished at `completed_at`.
+        if reply == redis::Value::Int(1) {
+            return Ok(LeaseReply::Applied { at: completed_at });
         }
-        let reply = self.run(&self.scripts.complete, owner.key, &args).await?;
-        lease_reply(owner.key, reply)
+        lease_reply(owner.key, Reply::parse(owner.key, reply)?)
     }
 
     async fn renew(
