@@ -599,9 +599,11 @@ impl IdempotencyService {
     }
 }
 
-#[async_trait]
-impl Idempotency for IdempotencyService {
-    async fn check_and_lock(
+impl IdempotencyService {
+    /// [`Idempotency::check_and_lock`], without the allocation that the trait's boxed
+    /// future costs: a call on the service itself (not through `dyn Idempotency` or a
+    /// generic) takes this one.
+    pub async fn check_and_lock(
         &self,
         key: &Key,
         fingerprint: &Fingerprint,
@@ -612,6 +614,18 @@ impl Idempotency for IdempotencyService {
         let deadline = deadline_of(&options);
         self.call(key, &store_key, fingerprint, options, deadline)
             .await
+    }
+}
+
+#[async_trait]
+impl Idempotency for IdempotencyService {
+    async fn check_and_lock(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        options: &CallOptions,
+    ) -> Result<CheckOutcome, Error> {
+        IdempotencyService::check_and_lock(self, key, fingerprint, options).await
     }
 
     async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
