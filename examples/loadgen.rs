@@ -26,10 +26,17 @@
 //! Each of fresh and replay runs at every `--concurrency` (callers in flight; default
 //! `1,64`); contended runs that many keys at once. Every phase stops at `--calls` calls or
 //! `--seconds` seconds, whichever comes first. The floor and idem phases of fresh and replay
-//! each run `--rounds` times (default 3), alternating, and each row sums them: a slow spell
-//! of a noisy machine, or the server's cost of growing its key space, then falls on both
-//! (`ratio_per_round` lists each round's ratio). A single round of each, floor first, was
-//! biased by up to half against whichever phase the server's growth landed on.
+//! each run `--rounds` times (default 3), alternating which goes first, and each row sums
+//! them, so a slow spell of a noisy machine falls on both (`ratio_per_round` lists each
+//! round's ratio).
+//!
+//! Every fresh phase starts on the same key space. Before the first, the run fills the
+//! server until its key table has doubled with room for twice `--calls` more keys, and
+//! waits while Redis moves the keys over; after each, it removes the keys the phase wrote.
+//! Otherwise the phase during which the table doubles pays for rehashing every key: with
+//! the key space growing over the rounds, single rounds of the same build measured from
+//! 0.3 to 1.0 of the floor, depending on which phase the doubling landed on. The fill keys,
+//! like every key of a run, are under the run's prefix and expire.
 //!
 //! # Figures
 //!
@@ -262,6 +269,9 @@ async fn run(args: Args) -> Result<u64, String> {
     if wants("fresh") || wants("replay") {
         prepare_replay_keys(&bench).await?;
     }
+    if wants("fresh") {
+        prefill(&bench).await?;
+    }
     for &concurrency in &bench.args.concurrency {
         if wants("fresh") {
             rows.extend(compared(&bench, Call::FloorFresh, Call::IdemFresh, concurrency).await?);
@@ -286,8 +296,10 @@ async fn run(args: Args) -> Result<u64, String> {
                 "replay"
             };
             if wants(name) {
-                let counts =
-                    counted(&bench, |b| throughput_bounded(b, call, 1, COUNTED_CALLS)).await?;
+                let counts = counted(&bench, |b| {
+                    throughput_bounded(b, call, next_batch(), 1, COUNTED_CALLS)
+                })
+                .await?;
                 attach_counts(&mut rows, call.label(), call.implementation(), counts);
             }
         }
@@ -351,6 +363,10 @@ fn replay_key(n: u64) -> Key {
     Key::scoped("loadgen", format!("replay-{}", n % REPLAY_KEYS))
 }
 
+fn fresh_key(phase: u64, n: u64) -> Key {
+    Key::scoped("loadgen", format!("fresh-{phase}-{n}"))
+}
+
 fn floor_key(bench: &Bench, what: &str, n: u64) -> String {
     format!("loadgen:{}:floor:{what}-{n}", bench.run_id)
 }
@@ -406,7 +422,7 @@ async fn one_call(bench: &Bench, call: Call, phase: u64, n: u64) -> Result<(), S
         }
         Call::IdemFresh => {
             let service = &bench.services[0];
-            let key = Key::scoped("loadgen", format!("fresh-{phase}-{n}"));
+            let key = fresh_key(phase, n);
             match service
                 .check_and_lock(&key, &arguments(&key), &CallOptions::new())
                 .await
@@ -456,9 +472,15 @@ async fn compared(
     concurrency: usize,
 ) -> Result<[Value; 2], String> {
     let (mut floors, mut idems) = (Vec::new(), Vec::new());
-    for _ in 0..bench.args.rounds {
+    // Each goes first every other round, so that a drift of the machine favours neither.
+    for round in 0..bench.args.rounds {
+        if round % 2 == 1 {
+            idems.push(throughput(bench, idem, concurrency).await?);
+        }
         floors.push(throughput(bench, floor, concurrency).await?);
-        idems.push(throughput(bench, idem, concurrency).await?);
+        if round % 2 == 0 {
+            idems.push(throughput(bench, idem, concurrency).await?);
+        }
     }
     let per_round: Vec<f64> = floors
         .iter()
@@ -510,16 +532,66 @@ fn merged(rounds: Vec<Value>) -> Value {
 
 /// Runs `call` at `concurrency` until the call count or the time limit is reached.
 async fn throughput(bench: &Arc<Bench>, call: Call, concurrency: usize) -> Result<Value, String> {
-    measured(
+    let phase = next_batch();
+    let calls = bench.args.calls;
+    let row = measured(
         bench,
-        throughput_bounded(bench, call, concurrency, bench.args.calls),
+        throughput_bounded(bench, call, phase, concurrency, calls),
     )
-    .await
+    .await?;
+    // A fresh phase's keys go, so that every phase starts on the same key space.
+    let started = row["calls"].as_u64().unwrap_or(calls) + concurrency as u64;
+    let keys: Vec<String> = match call {
+        Call::FloorFresh => (0..started)
+            .map(|n| floor_key(bench, &format!("fresh-{phase}"), n))
+            .collect(),
+        Call::IdemFresh => {
+            let prefix = &bench.services[0].settings().key_prefix;
+            (0..started)
+                .map(|n| fresh_key(phase, n).store_key(prefix))
+                .collect()
+        }
+        Call::FloorReplay | Call::IdemReplay => Vec::new(),
+    };
+    let mut control = bench.control.clone();
+    for chunk in keys.chunks(1000) {
+        let () = control
+            .unlink(chunk)
+            .await
+            .map_err(|e| format!("removing a phase's keys: {e}"))?;
+    }
+    Ok(row)
+}
+
+/// Fills the server with keys until its key table has doubled past what one phase adds, so
+/// that no phase pays for the table's growth (rehashing every key, which Redis spreads over
+/// the commands that follow): Redis doubles a table when it holds as many keys as slots,
+/// and this leaves room for twice `--calls` more.
+async fn prefill(bench: &Bench) -> Result<(), String> {
+    let fill = (4 * bench.args.calls.max(1)).next_power_of_two() / 2 + 1;
+    let mut control = bench.control.clone();
+    let ttl = RECORD_TTL.as_millis() as u64;
+    for start in (0..fill).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for n in start..(start + 1000).min(fill) {
+            let key = format!("loadgen:{}:fill:{n}", bench.run_id);
+            pipe.cmd("SET").arg(key).arg(n).arg("PX").arg(ttl).ignore();
+        }
+        let () = pipe
+            .query_async(&mut control)
+            .await
+            .map_err(|e| format!("filling the server: {e}"))?;
+    }
+    // The last key doubled the table; Redis moves the keys over in the background, a few
+    // milliseconds in every hundred, which this leaves it time to finish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(())
 }
 
 async fn throughput_bounded(
     bench: &Arc<Bench>,
     call: Call,
+    phase: u64,
     concurrency: usize,
     calls: u64,
 ) -> Result<Value, String> {
@@ -527,7 +599,6 @@ async fn throughput_bounded(
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(bench.args.seconds);
     let started = Instant::now();
-    let phase = next_batch();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let (bench, next, errors) = (Arc::clone(bench), Arc::clone(&next), Arc::clone(&errors));
