@@ -14,7 +14,7 @@ use crate::flight::{FlightEnd, FlightGuard, FlightState, Flights, Joining, Role}
 use crate::key::{for_message, Key};
 use crate::lease::{Grant, Lease};
 use crate::record::{Record, RecordState, Response, Token};
-use crate::store::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, MemoryStore, Store};
+use crate::store::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, MemoryStore, Owner, Store};
 
 /// The longest pause between two claim attempts while another process's owner works, for
 /// stores that cannot notify. A store that can ([`Store::notifies`]) wakes its waiters on
@@ -136,9 +136,52 @@ pub struct IdempotencyService {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: Stores,
     settings: Settings,
     flights: Arc<Flights>,
+}
+
+/// The service's store, and the same store by its type when the service knows it: every
+/// call claims and every first call completes, and through `dyn Store` each of those boxes
+/// a future of several hundred bytes, more than glibc's allocator serves cheaply under
+/// concurrent calls. Every other method goes through `dyn Store`.
+struct Stores {
+    any: Arc<dyn Store>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::store::redis::RedisStore>,
+}
+
+impl Stores {
+    fn new<S: Store>(store: S) -> Stores {
+        Stores {
+            #[cfg(feature = "redis")]
+            redis: (&store as &dyn std::any::Any)
+                .downcast_ref::<crate::store::redis::RedisStore>()
+                .cloned(),
+            any: Arc::new(store),
+        }
+    }
+
+    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return redis.claim_unboxed(claim).await;
+        }
+        self.any.claim(claim).await
+    }
+
+    async fn complete(
+        &self,
+        owner: &Owner<'_>,
+        finish: &Finish,
+        ttl: Duration,
+    ) -> Result<LeaseReply, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return redis.complete_unboxed(owner, finish, ttl).await;
+        }
+        self.any.complete(owner, finish, ttl).await
+    }
 }
 
 impl std::fmt::Debug for IdempotencyService {
@@ -235,7 +278,7 @@ impl<S: Store> ServiceBuilder<S> {
         self.settings.validate()?;
         Ok(IdempotencyService {
             inner: Arc::new(Inner {
-                store: Arc::new(self.store),
+                store: Stores::new(self.store),
                 settings: self.settings,
                 flights: Arc::default(),
             }),
@@ -267,7 +310,7 @@ impl IdempotencyService {
 
     /// The store.
     pub fn store(&self) -> &dyn Store {
-        &*self.inner.store
+        &*self.inner.store.any
     }
 
     /// This process's flights, shared by the service's clones.
@@ -404,7 +447,7 @@ impl IdempotencyService {
         start: Start,
     ) -> Result<CheckOutcome, Error> {
         let Start { token, mut first } = start;
-        let notifies = self.inner.store.notifies();
+        let notifies = self.inner.store.any.notifies();
         let mut pause = FIRST_RECHECK;
         loop {
             // The claim is sent outside any match on `first`, so that `first` is not kept
@@ -478,7 +521,8 @@ impl IdempotencyService {
                         true => until_lease_end.min(deadline - now),
                         false => pause.min(until_lease_end).min(deadline - now),
                     };
-                    if let Err(source) = self.inner.store.wait_for_change(store_key, nap).await {
+                    if let Err(source) = self.inner.store.any.wait_for_change(store_key, nap).await
+                    {
                         return self.on_store_error(store_error(key, source));
                     }
                     pause = (pause * 2).min(MAX_RECHECK);
@@ -664,6 +708,7 @@ impl Idempotency for IdempotencyService {
         let reply = self
             .inner
             .store
+            .any
             .release(lease.store_key(), lease.token())
             .await;
         match reply {
@@ -684,6 +729,7 @@ impl Idempotency for IdempotencyService {
         let reply = self
             .inner
             .store
+            .any
             .renew(lease.store_key(), lease.token(), lease.lock_timeout())
             .await
             .map_err(|source| store_error(lease.key(), source))?;
@@ -700,6 +746,7 @@ impl Idempotency for IdempotencyService {
         let store_key = self.checked_store_key(key)?;
         self.inner
             .store
+            .any
             .get(&store_key)
             .await
             .map_err(|source| store_error(key, source))
@@ -709,6 +756,7 @@ impl Idempotency for IdempotencyService {
         let store_key = self.checked_store_key(key)?;
         self.inner
             .store
+            .any
             .delete(&store_key, force)
             .await
             .map_err(|source| store_error(key, source))

@@ -574,9 +574,9 @@ fn slot_of(key: &str) -> u16 {
     crc % 16384
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
+impl RedisStore {
+    /// [`Store::claim`], whose future the service awaits without boxing it.
+    pub(crate) async fn claim_unboxed(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
         let (fresh, acquired) = self.fresh_claim(&claim)?;
         let reply = self
             .query(claim.key, || fresh.command(claim.key))
@@ -588,6 +588,51 @@ impl Store for RedisStore {
             // claim's future too large for the allocator's per-thread cache.
             None => Box::pin(self.claim_processing(&claim)).await,
         }
+    }
+
+    /// [`Store::complete`], whose future the service awaits without boxing it.
+    pub(crate) async fn complete_unboxed(
+        &self,
+        owner: &Owner<'_>,
+        finish: &Finish,
+        ttl: Duration,
+    ) -> Result<LeaseReply, StoreError> {
+        let ttl = millis(ttl);
+        // For the script's common case: what the owner's fresh claim wrote (a takeover
+        // wrote a record of the script's making), and the finished record.
+        let claimed = match owner.takeover {
+            true => Vec::new(),
+            false => codec::fresh_claim(
+                owner.fingerprint,
+                owner.token,
+                owner.fence,
+                owner.started_at,
+                owner.lease.as_millis() as u64,
+            ),
+        };
+        let completed_at = epoch_ms();
+        let finished = codec::finished(
+            owner.fingerprint,
+            owner.token,
+            owner.fence,
+            owner.started_at,
+            finish,
+            completed_at,
+        );
+        let args: [&[u8]; 3] = [ttl.as_bytes(), &claimed, &finished];
+        let reply = self.send(&self.scripts.complete, owner.key, &args).await?;
+        // The short path's reply: stored as sent, finished at `completed_at`.
+        if reply == redis::Value::Int(1) {
+            return Ok(LeaseReply::Applied { at: completed_at });
+        }
+        lease_reply(owner.key, Reply::parse(owner.key, reply)?)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
+        self.claim_unboxed(claim).await
     }
 
     async fn claim_many(&self, claims: &[Claim<'_>]) -> Vec<Result<ClaimReply, StoreError>> {
@@ -637,35 +682,7 @@ impl Store for RedisStore {
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError> {
-        let ttl = millis(ttl);
-        // For the script's common case: what the owner's fresh claim wrote (a takeover
-        // wrote a record of the script's making), and the finished record.
-        let claimed = match owner.takeover {
-            true => Vec::new(),
-            false => codec::fresh_claim(
-                owner.fingerprint,
-                owner.token,
-                owner.fence,
-                owner.started_at,
-                owner.lease.as_millis() as u64,
-            ),
-        };
-        let completed_at = epoch_ms();
-        let finished = codec::finished(
-            owner.fingerprint,
-            owner.token,
-            owner.fence,
-            owner.started_at,
-            finish,
-            completed_at,
-        );
-        let args: [&[u8]; 3] = [ttl.as_bytes(), &claimed, &finished];
-        let reply = self.send(&self.scripts.complete, owner.key, &args).await?;
-        // The short path's reply: stored as sent, finished at `completed_at`.
-        if reply == redis::Value::Int(1) {
-            return Ok(LeaseReply::Applied { at: completed_at });
-        }
-        lease_reply(owner.key, Reply::parse(owner.key, reply)?)
+        self.complete_unboxed(owner, finish, ttl).await
     }
 
     async fn renew(
