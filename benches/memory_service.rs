@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use idem::{Body, CallOptions, CheckOutcome, Idempotency, IdempotencyService, Key, Response};
+use idem::{Body, CallOptions, CheckOutcome, IdempotencyService, Key, Response};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

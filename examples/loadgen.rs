@@ -64,7 +64,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use idem::store::redis::redis::{self, aio::ConnectionManager, AsyncCommands};
 use idem::store::redis::RedisStore;
-use idem::{Body, CallOptions, CheckOutcome, Idempotency, IdempotencyService, Key, Response};
+use idem::{Body, CallOptions, CheckOutcome, IdempotencyService, Key, Response};
 use serde_json::{json, Value};
 
 /// Callers per key in the contended scenarios.

@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem::store::redis::{redis, RedisStore, RedisStoreOptions};
-use idem::{
-    BatchItem, Body, CallOptions, CheckOutcome, Idempotency, IdempotencyService, Key, Response,
-};
+use idem::{BatchItem, Body, CallOptions, CheckOutcome, IdempotencyService, Key, Response};
 use redis_calls::{call, fp, service, store, Call};
 use redis_harness::RedisServer;
 use redis_monitor::Requests;

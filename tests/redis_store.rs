@@ -13,8 +13,8 @@ use std::time::Duration;
 use idem::store::redis::{EvictionPolicyError, RedisStore, RedisStoreOptions};
 use idem::store::{Claim, ClaimReply, Finish, Owner};
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Response, Store,
-    StoreError, Token,
+    Body, CallOptions, CheckOutcome, Error, IdempotencyService, Key, Response, Store, StoreError,
+    Token,
 };
 use redis_calls::{fp, store};
 use redis_harness::RedisServer;

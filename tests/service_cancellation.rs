@@ -6,9 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures::poll;
-use idem::{
-    CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Lease, MemoryStore,
-};
+use idem::{CallOptions, CheckOutcome, Error, IdempotencyService, Key, Lease, MemoryStore};
 use support::{service, text, FP, LEASE};
 use tokio::time::timeout;
 

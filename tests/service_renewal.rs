@@ -5,10 +5,7 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use idem::{
-    CallOptions, CheckOutcome, Error, Idempotency, IdempotencyService, Key, Response,
-    MIN_LOCK_TIMEOUT,
-};
+use idem::{CallOptions, CheckOutcome, Error, IdempotencyService, Key, Response, MIN_LOCK_TIMEOUT};
 use support::faulty_store::{Fault, FaultyStore, Op};
 use support::{replayed, service, text, FP, LEASE};
 

@@ -5,8 +5,8 @@ mod support;
 use std::time::Duration;
 
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, ErrorPolicy, Fingerprint, Idempotency,
-    IdempotencyService, Key, Response,
+    Body, CallOptions, CheckOutcome, Error, ErrorPolicy, Fingerprint, IdempotencyService, Key,
+    Response,
 };
 use support::capture::{Capture, Event};
 use support::faulty_store::{Fault, FaultyStore, Op};

@@ -659,20 +659,10 @@ impl IdempotencyService {
         self.call(key, &store_key, fingerprint, options, deadline)
             .await
     }
-}
 
-#[async_trait]
-impl Idempotency for IdempotencyService {
-    async fn check_and_lock(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        options: &CallOptions,
-    ) -> Result<CheckOutcome, Error> {
-        IdempotencyService::check_and_lock(self, key, fingerprint, options).await
-    }
-
-    async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
+    /// [`Idempotency::complete`], without the allocation of the trait's boxed future, like
+    /// [`check_and_lock`](Self::check_and_lock).
+    pub async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
         let limit = self.inner.settings.max_response_bytes;
         let size = response.encoded_len();
         if size > limit {
@@ -687,6 +677,22 @@ impl Idempotency for IdempotencyService {
         }
         self.finish(lease, Finish::Completed(response), lease.ttl())
             .await
+    }
+}
+
+#[async_trait]
+impl Idempotency for IdempotencyService {
+    async fn check_and_lock(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        options: &CallOptions,
+    ) -> Result<CheckOutcome, Error> {
+        IdempotencyService::check_and_lock(self, key, fingerprint, options).await
+    }
+
+    async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
+        IdempotencyService::complete(self, lease, response).await
     }
 
     async fn complete_not_replayable(&self, lease: &Lease, reason: String) -> Result<(), Error> {

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use idem::store::redis::{RedisStore, RedisStoreOptions};
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key,
-    Response,
+    Body, CallOptions, CheckOutcome, Error, Fingerprint, IdempotencyService, Key, Response,
 };
 
 /// What one call did.
