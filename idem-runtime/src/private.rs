@@ -472,7 +472,7 @@ where
     R: Returns,
     F: Future<Output = R>,
 {
-    let held = held_with(&key);
+    let held = held_with(key);
     let result = HELD_KEYS
         .scope(held, keep_alive(&*service, &lease, body))
         .await
@@ -500,7 +500,7 @@ where
 /// key.
 async fn store_outcome(service: Arc<dyn Idempotency>, lease: Lease, finish: Finish) {
     let task = async move {
-        let key = lease.key().clone();
+        let key = lease.key();
         let stored = match finish {
             Finish::Complete(response) => service.complete(&lease, response).await,
             Finish::Record(response) => service.fail(&lease, response).await,
@@ -615,9 +615,9 @@ fn is_held(key: &Key) -> bool {
         .unwrap_or(false)
 }
 
-fn held_with(key: &Key) -> Vec<Key> {
+fn held_with(key: Key) -> Vec<Key> {
     let mut keys = HELD_KEYS.try_with(Clone::clone).unwrap_or_default();
-    keys.push(key.clone());
+    keys.push(key);
     keys
 }
 
