@@ -227,6 +227,54 @@ async fn both_ways_of_completing_store_the_same_record_for_every_outcome() {
     server.assert_every_key_expires();
 }
 
+// The completion script reads the owner token from the finished record's header line: a
+// token with a space or a newline must not reach it, or it could pass for the owner's token
+// followed by fields of the caller's making.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_with_a_token_that_cannot_stand_in_a_header_is_refused_and_changes_nothing() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let key = "idem-test:{0::forged}";
+    let (token, lease) = (Token::generate(), Duration::from_secs(2));
+    let (fence, lease_until) = claim_fresh(&store, key, &token, lease).await;
+    let claimed: Vec<u8> = server.cmd(&["GET", key]);
+    let fingerprint = fp(0xab);
+    let owner = Owner {
+        key,
+        token: &token,
+        fingerprint: &fingerprint,
+        fence,
+        started_at: lease_until - 2000,
+        lease,
+        takeover: true,
+    };
+    let intruder = Finish::Completed(Response::new(299, Body::json(&"intruder").unwrap()));
+    let ttl = Duration::from_secs(60);
+    for forged in [
+        format!("{} fence=1 sa=1 ca=1 code=299\n", token.as_str()),
+        format!("{} x", token.as_str()),
+        format!("{}\n", token.as_str()),
+    ] {
+        let forged = Token::from_stored(forged);
+        let forger = Owner {
+            token: &forged,
+            ..owner
+        };
+        let reply = store.complete(&forger, &intruder, ttl).await;
+        assert!(
+            matches!(&reply, Err(StoreError::Command(m)) if m.to_string().contains("forged")),
+            "{forged:?}: {reply:?}"
+        );
+        assert_eq!(server.cmd::<Vec<u8>>(&["GET", key]), claimed, "{forged:?}");
+    }
+    let done = Finish::Completed(Response::ok(Body::json(&"mine").unwrap()));
+    let reply = store.complete(&owner, &done, ttl).await;
+    assert!(
+        matches!(reply, Ok(idem::store::LeaseReply::Applied { .. })),
+        "{reply:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_sent_again_the_general_way_is_applied_only_for_the_same_outcome() {
     let server = RedisServer::start();
@@ -457,6 +505,21 @@ async fn garbled_records_are_corrupt_on_every_path_naming_the_field_and_never_re
             "status unknown",
             format!("idem2 st=weird fp={hex} tok=t fence=1 sa=1\n"),
             "unknown status \"weird\"",
+        ),
+        (
+            "carriage return before the newline",
+            processing(" lu=5\r"),
+            "the header line holds a control character",
+        ),
+        (
+            "tab between fields",
+            completed(" code=200\thl=0", "1"),
+            "the header line holds a control character",
+        ),
+        (
+            "tab inside the token",
+            format!("idem2 st=processing fp={hex} tok=t\tu fence=1 sa=1 lu=5\n"),
+            "the header line holds a control character",
         ),
     ];
 

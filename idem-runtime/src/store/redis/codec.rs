@@ -337,6 +337,13 @@ impl<'a> Header<'a> {
                 ),
             ));
         }
+        // The scripts would read a control character (a CR, a tab) as a space.
+        if line.bytes().any(|b| b.is_ascii_control()) {
+            return Err(corrupt(
+                key,
+                "the header line holds a control character".into(),
+            ));
+        }
         let end = end.ok_or_else(|| corrupt(key, "the header line has no end".into()))?;
         let mut header = Header {
             payload: end + 1,

@@ -597,6 +597,9 @@ impl RedisStore {
         finish: &Finish,
         ttl: Duration,
     ) -> Result<LeaseReply, StoreError> {
+        // The script reads the owner token from the finished record's header line, where
+        // a space or a newline in it would pass for the end of the field.
+        codec::check_token(owner.key, owner.token)?;
         let ttl = millis(ttl);
         // For the script's common case: what the owner's fresh claim wrote (a takeover
         // wrote a record of the script's making), and the finished record.

@@ -82,13 +82,23 @@ local function load(key, version)
   end
   local _, head_end, st, fp, tok, fence, sa, rest = string.find(value,
     '^idem' .. version .. ' st=(%S+) fp=(%S+) tok=(%S+) fence=(%S+) sa=(%S+)([^\n]*)\n')
+  -- A control character before the line's end (a CR, a tab) would pass for a space in the
+  -- patterns here; the client refuses it, so the scripts must too.
+  local line_end = string.find(value, '\n', 1, true) or #value + 1
+  local control = (string.find(value, '%c') or line_end) < line_end
   if head_end == nil then
     local tag = string.match(value, '^(%S*)')
     local found = string.match(tag, '^idem(.*)$')
     if found ~= version then
       return nil, {'corrupt', 'format version "' .. (found or tag) .. '", expected ' .. version}
     end
+    if control then
+      return nil, {'corrupt', 'the header line holds a control character'}
+    end
     return nil, {'corrupt', 'the header line is not idem' .. version .. ' st fp tok fence sa ...'}
+  end
+  if control then
+    return nil, {'corrupt', 'the header line holds a control character'}
   end
   local fields = {st = st, fp = fp, tok = tok, fence = fence, sa = sa}
   for name, text in string.gmatch(rest, ' (%w+)=(%S*)') do
