@@ -32,11 +32,12 @@
 //!
 //! Every fresh phase starts on the same key space. Before the first, the run fills the
 //! server until its key table has doubled with room for twice `--calls` more keys, and
-//! waits while Redis moves the keys over; after each, it removes the keys the phase wrote.
-//! Otherwise the phase during which the table doubles pays for rehashing every key: with
-//! the key space growing over the rounds, single rounds of the same build measured from
-//! 0.3 to 1.0 of the floor, depending on which phase the doubling landed on. The fill keys,
-//! like every key of a run, are under the run's prefix and expire.
+//! waits while Redis moves the keys over; after each, it removes the keys the phase wrote,
+//! and after the last, the fill. Otherwise the phase during which the table doubles pays
+//! for rehashing every key: with the key space growing over the rounds, single rounds of
+//! the same build measured from 0.3 to 1.0 of the floor, depending on which phase the
+//! doubling landed on. The fill keys, like every key of a run, are under the run's prefix
+//! and expire.
 //!
 //! # Figures
 //!
@@ -304,6 +305,9 @@ async fn run(args: Args) -> Result<u64, String> {
             }
         }
     }
+    if wants("fresh") {
+        unlink(&bench, &fill_keys(&bench)).await?;
+    }
     if wants("contended") {
         let instances = bench.args.instances;
         let counts = counted(&bench, |b| contended_bounded(b, 1, instances, COUNTED_KEYS)).await?;
@@ -553,14 +557,20 @@ async fn throughput(bench: &Arc<Bench>, call: Call, concurrency: usize) -> Resul
         }
         Call::FloorReplay | Call::IdemReplay => Vec::new(),
     };
+    unlink(bench, &keys).await?;
+    Ok(row)
+}
+
+/// Removes `keys`, a thousand at a time.
+async fn unlink(bench: &Bench, keys: &[String]) -> Result<(), String> {
     let mut control = bench.control.clone();
     for chunk in keys.chunks(1000) {
         let () = control
             .unlink(chunk)
             .await
-            .map_err(|e| format!("removing a phase's keys: {e}"))?;
+            .map_err(|e| format!("removing a run's keys: {e}"))?;
     }
-    Ok(row)
+    Ok(())
 }
 
 /// Fills the server with keys until its key table has doubled past what one phase adds, so
@@ -568,14 +578,12 @@ async fn throughput(bench: &Arc<Bench>, call: Call, concurrency: usize) -> Resul
 /// the commands that follow): Redis doubles a table when it holds as many keys as slots,
 /// and this leaves room for twice `--calls` more.
 async fn prefill(bench: &Bench) -> Result<(), String> {
-    let fill = (4 * bench.args.calls.max(1)).next_power_of_two() / 2 + 1;
     let mut control = bench.control.clone();
     let ttl = RECORD_TTL.as_millis() as u64;
-    for start in (0..fill).step_by(1000) {
+    for chunk in fill_keys(bench).chunks(1000) {
         let mut pipe = redis::pipe();
-        for n in start..(start + 1000).min(fill) {
-            let key = format!("loadgen:{}:fill:{n}", bench.run_id);
-            pipe.cmd("SET").arg(key).arg(n).arg("PX").arg(ttl).ignore();
+        for key in chunk {
+            pipe.cmd("SET").arg(key).arg(1).arg("PX").arg(ttl).ignore();
         }
         let () = pipe
             .query_async(&mut control)
@@ -586,6 +594,14 @@ async fn prefill(bench: &Bench) -> Result<(), String> {
     // milliseconds in every hundred, which this leaves it time to finish.
     tokio::time::sleep(Duration::from_secs(3)).await;
     Ok(())
+}
+
+/// The keys [`prefill`] writes.
+fn fill_keys(bench: &Bench) -> Vec<String> {
+    let fill = (4 * bench.args.calls.max(1)).next_power_of_two() / 2 + 1;
+    (0..fill)
+        .map(|n| format!("loadgen:{}:fill:{n}", bench.run_id))
+        .collect()
 }
 
 async fn throughput_bounded(
