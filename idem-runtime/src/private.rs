@@ -427,7 +427,11 @@ where
     if ops.records && options.failure_policy.is_none() {
         options.failure_policy = Some(FailurePolicy::Record);
     }
-    let outcome = match service.check_and_lock(&key, &fingerprint, &options).await {
+    let checked = match service.as_service() {
+        Some(direct) => direct.check_and_lock(&key, &fingerprint, &options).await,
+        None => service.check_and_lock(&key, &fingerprint, &options).await,
+    };
+    let outcome = match checked {
         Ok(outcome) => outcome,
         Err(error) => return R::from_result(Err(idem(error))),
     };
@@ -502,7 +506,10 @@ async fn store_outcome(service: Arc<dyn Idempotency>, lease: Lease, finish: Fini
     let task = async move {
         let key = lease.key();
         let stored = match finish {
-            Finish::Complete(response) => service.complete(&lease, response).await,
+            Finish::Complete(response) => match service.as_service() {
+                Some(direct) => direct.complete(&lease, response).await,
+                None => service.complete(&lease, response).await,
+            },
             Finish::Record(response) => service.fail(&lease, response).await,
             Finish::Release => service.release(&lease).await,
             Finish::NotReplayable(reason) => {

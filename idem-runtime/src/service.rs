@@ -126,6 +126,14 @@ pub trait Idempotency: Send + Sync {
     /// Removes the record under `key`. A record still processing is kept (and
     /// [`DeleteReply::Processing`] returned) unless `force` is set.
     async fn delete(&self, key: &Key, force: bool) -> Result<DeleteReply, Error>;
+
+    /// This, when it is an [`IdempotencyService`]: the code `#[idempotent]` generates then
+    /// calls its inherent methods, whose futures are not boxed. Only the service overrides
+    /// it; a mock leaves it, and is called through the trait.
+    #[doc(hidden)]
+    fn as_service(&self) -> Option<&IdempotencyService> {
+        None
+    }
 }
 
 /// The idempotency service. Cheap to clone: clones share the store and the in-process
@@ -693,6 +701,10 @@ impl Idempotency for IdempotencyService {
 
     async fn complete(&self, lease: &Lease, response: Response) -> Result<(), Error> {
         IdempotencyService::complete(self, lease, response).await
+    }
+
+    fn as_service(&self) -> Option<&IdempotencyService> {
+        Some(self)
     }
 
     async fn complete_not_replayable(&self, lease: &Lease, reason: String) -> Result<(), Error> {
