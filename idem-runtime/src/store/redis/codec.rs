@@ -231,7 +231,8 @@ fn header_start(
     out
 }
 
-/// A response split the way the completion script takes it.
+/// A response split into the parts a finished record lays out: status code, body type,
+/// headers and body.
 pub(crate) struct ResponseParts<'a> {
     pub code: u16,
     pub body_type: &'static str,
