@@ -326,7 +326,7 @@ impl<'a> Header<'a> {
             .map_err(|_| corrupt(key, "the header line is not UTF-8".into()))?;
         // Words are cut at their ASCII spaces and `=` by byte position (every byte offset of
         // an ASCII byte is a character boundary): this runs on every replay.
-        let mut words = Words { line, at: 0 };
+        let mut words = Words::new(line);
         let tag = words.next().unwrap_or_default();
         if tag != TAG {
             let version = tag.strip_prefix("idem").unwrap_or(tag);
@@ -339,7 +339,7 @@ impl<'a> Header<'a> {
             ));
         }
         // The scripts would read a control character (a CR, a tab) as a space.
-        if line.bytes().any(|b| b.is_ascii_control()) {
+        if has_control(line.as_bytes()) {
             return Err(corrupt(
                 key,
                 "the header line holds a control character".into(),
@@ -518,21 +518,40 @@ impl ResponseHeader {
 }
 
 /// The words of a header line: what lies between single spaces, as `str::split(' ')`
-/// gives them.
+/// gives them. The spaces are found in one pass over the line, not one search per word.
 struct Words<'a> {
     line: &'a str,
-    /// Where the next word starts; past the end once the last word was given.
-    at: usize,
+    spaces: memchr::Memchr<'a>,
+    /// Where the next word starts; `None` once the last word was given.
+    at: Option<usize>,
+}
+
+impl<'a> Words<'a> {
+    fn new(line: &'a str) -> Self {
+        Words {
+            line,
+            spaces: memchr::memchr_iter(b' ', line.as_bytes()),
+            at: Some(0),
+        }
+    }
 }
 
 impl<'a> Iterator for Words<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let rest = self.line.get(self.at..)?;
-        let len = memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len());
-        self.at += len + 1;
-        Some(&rest[..len])
+        let at = self.at?;
+        // Every byte offset of an ASCII space is a character boundary.
+        match self.spaces.next() {
+            Some(space) => {
+                self.at = Some(space + 1);
+                Some(&self.line[at..space])
+            }
+            None => {
+                self.at = None;
+                Some(&self.line[at..])
+            }
+        }
     }
 }
 
@@ -554,24 +573,53 @@ fn push_hex(out: &mut Vec<u8>, fingerprint: &Fingerprint) {
     out.extend_from_slice(&hex);
 }
 
+/// Whether `line` holds an ASCII control character. Every byte is looked at, without
+/// stopping at the first hit, so the loop runs many bytes per step: this runs on every
+/// replay.
+fn has_control(line: &[u8]) -> bool {
+    line.iter()
+        .fold(false, |found, &b| found | (b < 0x20) | (b == 0x7f))
+}
+
 /// A fingerprint from 64 hex digits (either case).
 fn parse_hex(text: &str) -> Option<Fingerprint> {
     let text = text.as_bytes();
     if text.len() != 64 {
         return None;
     }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
+    // A table, not a match: which branch a random digit takes cannot be predicted, and
+    // the mispredictions cost more than the whole lookup.
     let mut bytes = [0u8; 32];
+    let mut invalid = 0;
     for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        let (high, low) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        invalid |= (high | low) & NOT_HEX;
+        *byte = high << 4 | low & 0xf;
     }
-    Some(Fingerprint::from_bytes(bytes))
+    (invalid == 0).then(|| Fingerprint::from_bytes(bytes))
 }
+
+/// Marks a byte that is not a hex digit in [`HEX_VALUE`].
+const NOT_HEX: u8 = 0x80;
+
+/// The value of each byte as a hex digit, or [`NOT_HEX`].
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = match c as u8 {
+            digit @ b'0'..=b'9' => digit - b'0',
+            letter @ b'a'..=b'f' => letter - b'a' + 10,
+            letter @ b'A'..=b'F' => letter - b'A' + 10,
+            _ => NOT_HEX,
+        };
+        c += 1;
+    }
+    table
+};
 
 /// The largest number a record field may hold: 2^53 − 1, the last integer the scripts'
 /// Lua numbers (doubles) hold exactly. Epoch milliseconds, and fences in microseconds,
@@ -805,6 +853,58 @@ mod tests {
         assert_eq!(parse_hex(&fp.to_hex().to_uppercase()), Some(fp));
         assert_eq!(parse_hex(&"0g".repeat(32)), None);
         assert_eq!(parse_hex("ab"), None);
+        // Every byte, as the first and as the last digit.
+        for byte in 0..=u8::MAX {
+            let digit = char::from(byte);
+            for at in [0, 63] {
+                let mut text = "0".repeat(64).into_bytes();
+                text[at] = byte;
+                let Ok(text) = String::from_utf8(text) else {
+                    continue;
+                };
+                let parsed = parse_hex(&text).map(|fp| fp.as_bytes()[at / 2]);
+                // The first digit of a pair is the high half of its byte.
+                let shift = if at % 2 == 0 { 4 } else { 0 };
+                let expected = digit.to_digit(16).map(|v| (v as u8) << shift);
+                assert_eq!(parsed, expected, "byte {byte:#04x} at digit {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn words_are_cut_as_split_on_a_space_cuts_them() {
+        for line in [
+            "",
+            " ",
+            "a",
+            "a b",
+            " a",
+            "a ",
+            "a  b",
+            "  ",
+            "idem2 st=x  fp=y ",
+            "é ü",
+        ] {
+            let words: Vec<&str> = Words::new(line).collect();
+            let split: Vec<&str> = line.split(' ').collect();
+            assert_eq!(words, split, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_wherever_they_stand() {
+        for byte in 0..=u8::MAX {
+            for at in [0, 1, 31, 32, 99] {
+                let mut line = vec![b'a'; 100];
+                line[at] = byte;
+                assert_eq!(
+                    has_control(&line),
+                    byte.is_ascii_control(),
+                    "{byte:#04x} at {at}"
+                );
+            }
+        }
+        assert!(!has_control(b""));
     }
 
     #[test]
