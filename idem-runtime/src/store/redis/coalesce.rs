@@ -5,7 +5,8 @@
 //! paid a socket write of their own (and the server a read), which cost more than the
 //! command itself. Here the first caller of a gathering spawns its flush and the flush
 //! yields once before it takes the queue: every caller that is ready to run in the meantime
-//! joins the same write. A lone caller pays one task spawn and one yield.
+//! joins the same write, up to [`GATHER_LIMIT`] commands. A lone caller pays one task
+//! spawn and one yield.
 //!
 //! Each command keeps its own reply and error; a connection error fails every command of
 //! its pipeline, as it would have failed each of them alone. What can go wrong around the
@@ -17,7 +18,10 @@
 //!   connection error (the store sends them again), and flushes move to the runtime of the
 //!   next caller, as the connection's reconnect does.
 //! - A caller waits for its reply at most the store's connection and response timeouts
-//!   together, even when no runtime runs its flush.
+//!   together, even when no runtime runs its flush. A flush bounds its own write and
+//!   reply by that time, so a caller on the flushes' runtime needs no timer of its own
+//!   (a timer per caller was about 5% of a replay's client CPU); a caller on another
+//!   runtime keeps one, since the flushes' runtime may stall or stop without it.
 //! - A caller that gave up (dropped, or out of time) before its flush took the queue has
 //!   its command left out: nobody would read the reply, and a claim nobody owns would
 //!   hold its key for a lease.
@@ -30,6 +34,13 @@ use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+/// The most commands one write carries. A full gathering goes out at once, without waiting
+/// for the flush's yield, so the server works through one while callers fill the next:
+/// with one unbounded gathering, 64 busy callers took turns with the server instead of
+/// working alongside it, and replays ran about a tenth slower (the load generator's
+/// concurrency-64 replay phase; 32 did best of 8 to 48 there).
+const GATHER_LIMIT: usize = 32;
+
 /// A command waiting for the next write, and where its reply goes.
 struct Queued {
     cmd: Cmd,
@@ -38,12 +49,18 @@ struct Queued {
 
 /// Gathers the commands of concurrent callers and sends each gathering as one pipeline.
 pub(crate) struct Coalescer {
-    queue: Mutex<Vec<Queued>>,
-    /// Where flushes run: the runtime the connection was opened on; `None` once that one
-    /// was found shut down, and flushes run where their first caller does.
-    runtime: Mutex<Option<Handle>>,
+    queue: Mutex<Queue>,
     /// The longest a caller waits for its reply.
     patience: Duration,
+}
+
+/// What the next flush sends, and where flushes run. One lock for both: every caller
+/// reads both.
+struct Queue {
+    queued: Vec<Queued>,
+    /// The runtime the connection was opened on; `None` once that one was found shut
+    /// down, and flushes run where their first caller does.
+    runtime: Option<Handle>,
 }
 
 impl Coalescer {
@@ -51,8 +68,10 @@ impl Coalescer {
     /// `patience` for a reply.
     pub fn new(patience: Duration) -> Arc<Self> {
         Arc::new(Coalescer {
-            queue: Mutex::default(),
-            runtime: Mutex::new(Some(Handle::current())),
+            queue: Mutex::new(Queue {
+                queued: Vec::new(),
+                runtime: Some(Handle::current()),
+            }),
             patience,
         })
     }
@@ -60,38 +79,62 @@ impl Coalescer {
     /// Sends `cmd` with the commands of other callers that come in before the next write.
     pub async fn query(self: &Arc<Self>, conn: &ConnectionManager, cmd: Cmd) -> RedisResult<Value> {
         let (reply, answer) = oneshot::channel();
-        let first = {
+        let here = Handle::try_current().map(|runtime| runtime.id()).ok();
+        let (flush, at_home) = {
             let mut queue = lock(&self.queue);
-            queue.push(Queued { cmd, reply });
-            queue.len() == 1
+            queue.queued.push(Queued { cmd, reply });
+            let home = queue.runtime.as_ref().map(Handle::id);
+            let at_home = home.is_some() && home == here;
+            let flush = match queue.queued.len() {
+                1 => Some((Vec::new(), queue.runtime.clone())),
+                n if n >= GATHER_LIMIT => {
+                    Some((std::mem::take(&mut queue.queued), queue.runtime.clone()))
+                }
+                _ => None,
+            };
+            (flush, at_home)
         };
-        if first {
-            self.spawn_flush(conn);
+        // Spawned out of the lock: a runtime that has shut down drops the task inside
+        // `spawn`, and the flush's drop takes the lock.
+        if let Some((full, runtime)) = flush {
+            self.spawn_flush(conn, full, runtime);
         }
-        match tokio::time::timeout(self.patience, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RedisError::from((
+        let answer = match at_home {
+            // The flush runs here and bounds its own wait; if this runtime stops, this
+            // caller stops with it.
+            true => answer.await,
+            false => match tokio::time::timeout(self.patience, answer).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(timed_out()),
+            },
+        };
+        answer.unwrap_or_else(|_| {
+            Err(RedisError::from((
                 ErrorKind::Io,
                 "the task sending this command ended without its reply",
-            ))),
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no reply within the connection and response timeouts",
-            ))),
-        }
+            )))
+        })
     }
 
-    /// Starts the flush of the gathering this caller opened.
-    fn spawn_flush(self: &Arc<Self>, conn: &ConnectionManager) {
-        let flush = Flush(Some(Arc::clone(self)));
+    /// Starts the flush of the gathering this caller opened, or of the `full` one it
+    /// closed, on `runtime` (else here).
+    fn spawn_flush(
+        self: &Arc<Self>,
+        conn: &ConnectionManager,
+        full: Vec<Queued>,
+        runtime: Option<Handle>,
+    ) {
+        let flush = Flush {
+            coalescer: Some(Arc::clone(self)),
+            full,
+        };
         let conn = conn.clone();
         let task = async move {
-            tokio::task::yield_now().await;
+            if flush.full.is_empty() {
+                tokio::task::yield_now().await;
+            }
             flush.run(conn).await;
         };
-        // Cloned out of the lock: a runtime that has shut down drops the task inside
-        // `spawn`, and the flush's drop takes the lock.
-        let runtime = lock(&self.runtime).clone();
         match runtime {
             Some(runtime) => drop(runtime.spawn(task)),
             None => drop(tokio::spawn(task)),
@@ -100,8 +143,15 @@ impl Coalescer {
 
     /// Takes what the queue holds.
     fn take(&self) -> Vec<Queued> {
-        std::mem::take(&mut *lock(&self.queue))
+        std::mem::take(&mut lock(&self.queue).queued)
     }
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no reply within the connection and response timeouts",
+    ))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,28 +162,42 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// what was queued for it, and with them their callers' reply channels, so each caller
 /// gets an error instead of a wait; later flushes run on their first caller's runtime.
 /// Once it ran, the queue belongs to the next flush.
-struct Flush(Option<Arc<Coalescer>>);
+struct Flush {
+    coalescer: Option<Arc<Coalescer>>,
+    /// A gathering already taken from the queue, because it was full.
+    full: Vec<Queued>,
+}
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        if let Some(coalescer) = self.0.take() {
-            *lock(&coalescer.runtime) = None;
-            drop(coalescer.take());
+        if let Some(coalescer) = self.coalescer.take() {
+            let dropped = {
+                let mut queue = lock(&coalescer.queue);
+                queue.runtime = None;
+                std::mem::take(&mut queue.queued)
+            };
+            drop(dropped);
         }
     }
 }
 
 impl Flush {
-    /// Sends what the queue holds: one command as itself, more as a pipeline.
+    /// Sends what the queue holds: one command as itself, more as a pipeline; every caller
+    /// is answered within the coalescer's patience.
     async fn run(mut self, mut conn: ConnectionManager) {
-        let Some(coalescer) = self.0.take() else {
+        let Some(coalescer) = self.coalescer.take() else {
             return;
         };
-        let mut gathered = coalescer.take();
+        let patience = coalescer.patience;
+        let mut gathered = match self.full.is_empty() {
+            true => coalescer.take(),
+            false => std::mem::take(&mut self.full),
+        };
         gathered.retain(|queued| !queued.reply.is_closed());
         let gathered = match <[Queued; 1]>::try_from(gathered) {
             Ok([Queued { cmd, reply }]) => {
-                let _ = reply.send(cmd.query_async(&mut conn).await);
+                let sent = tokio::time::timeout(patience, cmd.query_async(&mut conn)).await;
+                let _ = reply.send(sent.unwrap_or_else(|_| Err(timed_out())));
                 return;
             }
             Err(gathered) if gathered.is_empty() => return,
@@ -148,7 +212,9 @@ impl Flush {
                 reply
             })
             .collect();
-        match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+        let sent = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
+        let sent = tokio::time::timeout(patience, sent).await;
+        match sent.unwrap_or_else(|_| Err(timed_out())) {
             Ok(values) if values.len() == replies.len() => {
                 for (reply, value) in replies.into_iter().zip(values) {
                     let _ = reply.send(value);
