@@ -7,8 +7,9 @@
 //! without a result (the key was released, or the leader gave up or was dropped), joiners
 //! start over.
 //!
-//! Most flights have no joiner, so a flight costs one map entry and one allocation, and its
-//! end builds nothing for joiners when there are none.
+//! Most flights have no joiner, so a flight is one map entry holding the leader's key, and
+//! the part joiners wait on (a lock and a wake-up) is made by the first joiner; a flight
+//! without joiners ends with one map removal and builds nothing for them.
 
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,13 +27,31 @@ use crate::record::Record;
 /// per process, since its keys come from callers.
 #[derive(Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<Arc<str>, Arc<Flight>>>,
+    map: Mutex<HashMap<Arc<str>, Slot>>,
 }
 
-/// One flight: what its leader asks the store, where it is, and the joiners' wake-up.
-pub(crate) struct Flight {
+/// A flight in the map: what its leader asks the store, how far it got, and the joiners'
+/// side once there is a joiner. The map's key is the leader's own [`Arc`], which is how
+/// the leader tells its flight from a later one for the same key.
+struct Slot {
     fingerprint: Fingerprint,
     validate_fingerprint: bool,
+    /// When the leader's lease ends, once it owns the key.
+    lease_end: Option<Instant>,
+    joiners: Option<Arc<Flight>>,
+}
+
+impl Slot {
+    fn state(&self) -> FlightState {
+        match self.lease_end {
+            Some(lease_end) => FlightState::Running { lease_end },
+            None => FlightState::Claiming,
+        }
+    }
+}
+
+/// What joiners share: where the flight is, and their wake-up.
+pub(crate) struct Flight {
     state: Mutex<FlightState>,
     changed: Notify,
 }
@@ -101,26 +120,32 @@ impl Flights {
         validate_fingerprint: bool,
     ) -> Option<Role> {
         let mut map = lock(&self.map);
-        if let Some(flight) = map.get(key) {
-            let alike = flight.fingerprint == *fingerprint
-                && flight.validate_fingerprint == validate_fingerprint;
+        if let Some(slot) = map.get_mut(key) {
+            let alike = slot.fingerprint == *fingerprint
+                && slot.validate_fingerprint == validate_fingerprint;
             if !alike {
                 return None;
             }
+            let state = slot.state();
+            let flight = slot.joiners.get_or_insert_with(|| {
+                Arc::new(Flight {
+                    state: Mutex::new(state),
+                    changed: Notify::new(),
+                })
+            });
             return Some(Role::Joiner(Joining(Arc::clone(flight))));
         }
-        let flight = Arc::new(Flight {
+        let key: Arc<str> = Arc::from(key);
+        let slot = Slot {
             fingerprint: *fingerprint,
             validate_fingerprint,
-            state: Mutex::new(FlightState::Claiming),
-            changed: Notify::new(),
-        });
-        let key: Arc<str> = Arc::from(key);
-        map.insert(Arc::clone(&key), Arc::clone(&flight));
+            lease_end: None,
+            joiners: None,
+        };
+        map.insert(Arc::clone(&key), slot);
         Some(Role::Leader(FlightGuard {
             flights: Arc::clone(self),
-            key,
-            flight: Some(flight),
+            key: Some(key),
         }))
     }
 }
@@ -134,14 +159,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// flight as vacated, so joiners never wait on a leader that is gone.
 pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
-    key: Arc<str>,
-    flight: Option<Arc<Flight>>,
+    /// The flight's key, shared with the map; `None` once the flight ended.
+    key: Option<Arc<str>>,
 }
 
 impl FlightGuard {
     /// Tells joiners the leader owns the key until about `lease_end`.
     pub fn running(&self, lease_end: Instant) {
-        if let Some(flight) = &self.flight {
+        let Some(key) = &self.key else {
+            return;
+        };
+        let joiners = {
+            let mut map = lock(&self.flights.map);
+            let Some(slot) = map.get_mut(&**key) else {
+                return;
+            };
+            slot.lease_end = Some(lease_end);
+            slot.joiners.clone()
+        };
+        if let Some(flight) = joiners {
             *lock(&flight.state) = FlightState::Running { lease_end };
             flight.changed.notify_waiters();
         }
@@ -175,22 +211,24 @@ impl FlightGuard {
     }
 
     fn finish(&mut self, end: impl FnOnce() -> FlightEnd) {
-        let Some(flight) = self.flight.take() else {
+        let Some(key) = self.key.take() else {
             return;
         };
-        {
+        let joiners = {
             let mut map = lock(&self.flights.map);
-            if let Entry::Occupied(entry) = map.entry(Arc::clone(&self.key)) {
-                if Arc::ptr_eq(entry.get(), &flight) {
-                    entry.remove();
-                }
+            match map.entry(Arc::clone(&key)) {
+                // The leader's own entry, not a later flight's for the same key.
+                Entry::Occupied(entry) if Arc::ptr_eq(entry.key(), &key) => entry.remove().joiners,
+                _ => None,
             }
-        }
+        };
         // Out of the map, no caller can join any more: only the joiners already holding the
         // flight can read its end.
-        if Arc::strong_count(&flight) > 1 {
-            *lock(&flight.state) = FlightState::Ended(end());
-            flight.changed.notify_waiters();
+        if let Some(flight) = joiners {
+            if Arc::strong_count(&flight) > 1 {
+                *lock(&flight.state) = FlightState::Ended(end());
+                flight.changed.notify_waiters();
+            }
         }
     }
 }
