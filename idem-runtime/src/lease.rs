@@ -22,7 +22,12 @@ use crate::store::Owner;
 /// without finishing it leaves the claim to lapse when the lease ends (the operation may have
 /// had its effect, so the key is not freed at once) and wakes this process's waiters.
 #[derive(Debug)]
-pub struct Lease {
+pub struct Lease(Box<Held>);
+
+/// What a lease holds; boxed, so that [`CheckOutcome`](crate::CheckOutcome), which every
+/// replay moves through several layers, is no larger than a record.
+#[derive(Debug)]
+struct Held {
     key: Key,
     store_key: String,
     token: Token,
@@ -32,7 +37,7 @@ pub struct Lease {
     started_at: Millis,
     lease_until: AtomicU64,
     lost: AtomicBool,
-    pub(crate) options: Resolved,
+    options: Resolved,
     flight: Mutex<Option<FlightGuard>>,
 }
 
@@ -59,7 +64,7 @@ impl Lease {
             flight.running(Instant::now() + options.lock_timeout);
         }
         let lease_ms = options.lock_timeout.as_millis() as Millis;
-        Lease {
+        Lease(Box::new(Held {
             started_at: grant.lease_until.saturating_sub(lease_ms),
             key: grant.key,
             store_key: grant.store_key,
@@ -71,7 +76,7 @@ impl Lease {
             lost: AtomicBool::new(false),
             options,
             flight: Mutex::new(flight),
-        }
+        }))
     }
 
     /// A lease that no store holds, for mocks of [`Idempotency`](crate::Idempotency) in
@@ -104,22 +109,22 @@ impl Lease {
 
     /// The key.
     pub fn key(&self) -> &Key {
-        &self.key
+        &self.0.key
     }
 
     /// The full key in the store.
     pub fn store_key(&self) -> &str {
-        &self.store_key
+        &self.0.store_key
     }
 
     /// The owner token.
     pub fn token(&self) -> &Token {
-        &self.token
+        &self.0.token
     }
 
     /// The fingerprint the key was claimed with.
     pub fn fingerprint(&self) -> &Fingerprint {
-        &self.fingerprint
+        &self.0.fingerprint
     }
 
     /// The fencing number: larger for every later owner of this key, so a downstream system
@@ -127,75 +132,85 @@ impl Lease {
     /// the claim, raised above the previous owner's on a takeover: the store's clock, except
     /// for a first claim on Redis, which takes the client's (see the Redis store's *Clocks*).
     pub fn fence(&self) -> u64 {
-        self.fence
+        self.0.fence
     }
 
     /// Whether this lease took over a lapsed lease of another owner (which may have had
     /// part of its effect).
     pub fn is_takeover(&self) -> bool {
-        self.takeover
+        self.0.takeover
     }
 
     /// The end of the lease in epoch milliseconds: on the store's clock, or for a first
     /// claim on Redis the client's estimate of it (the server decides by the key's expiry).
     pub fn lease_until(&self) -> Millis {
-        self.lease_until.load(Ordering::Acquire)
+        self.0.lease_until.load(Ordering::Acquire)
     }
 
     /// The lease's length.
     pub fn lock_timeout(&self) -> Duration {
-        self.options.lock_timeout
+        self.0.options.lock_timeout
     }
 
     /// The result TTL this call asked for.
     pub fn ttl(&self) -> Duration {
-        self.options.ttl
+        self.0.options.ttl
+    }
+
+    /// The options the key was claimed with.
+    pub(crate) fn options(&self) -> &Resolved {
+        &self.0.options
     }
 
     /// What [`fail`](crate::Idempotency::fail) does with this lease.
     pub fn failure_policy(&self) -> FailurePolicy {
-        self.options.failure_policy
+        self.0.options.failure_policy
     }
 
     /// This lease as the owner a [`Store`](crate::store::Store) finishes.
     pub fn owner(&self) -> Owner<'_> {
         Owner {
-            key: &self.store_key,
-            token: &self.token,
-            fingerprint: &self.fingerprint,
-            fence: self.fence,
-            started_at: self.started_at,
-            lease: self.options.lock_timeout,
-            takeover: self.takeover,
+            key: &self.0.store_key,
+            token: &self.0.token,
+            fingerprint: &self.0.fingerprint,
+            fence: self.0.fence,
+            started_at: self.0.started_at,
+            lease: self.0.options.lock_timeout,
+            takeover: self.0.takeover,
         }
     }
 
     /// Whether a renewal or completion found the lease lost.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.0.lost.load(Ordering::Acquire)
     }
 
     /// When the current owner claimed the key, on the store's clock.
     pub(crate) fn started_at(&self) -> Millis {
-        self.started_at
+        self.0.started_at
     }
 
     /// Records a renewal up to `until`, and tells this process's waiters the lease runs on.
     pub(crate) fn renewed(&self, until: Millis) {
-        self.lease_until.store(until, Ordering::Release);
-        let flight = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.lease_until.store(until, Ordering::Release);
+        let flight = self.0.flight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flight.as_ref() {
-            flight.running(Instant::now() + self.options.lock_timeout);
+            flight.running(Instant::now() + self.0.options.lock_timeout);
         }
     }
 
     pub(crate) fn mark_lost(&self) {
-        self.lost.store(true, Ordering::Release);
+        self.0.lost.store(true, Ordering::Release);
     }
 
     /// Ends this process's flight for the key (waking its waiters). Once only.
     pub(crate) fn end_flight(&self, end: FlightEnd) {
-        let guard = self.flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let guard = self
+            .0
+            .flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(guard) = guard {
             guard.end(end);
         }
@@ -204,7 +219,12 @@ impl Lease {
     /// Ends this process's flight for the key; `end` is made only when a waiter is there
     /// to read it. Once only.
     pub(crate) fn end_flight_with(&self, end: impl FnOnce() -> FlightEnd) {
-        let guard = self.flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let guard = self
+            .0
+            .flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(guard) = guard {
             guard.end_with(end);
         }
@@ -212,7 +232,8 @@ impl Lease {
 
     /// Whether the flight is still open, i.e. the lease was neither finished nor released.
     pub(crate) fn is_open(&self) -> bool {
-        self.flight
+        self.0
+            .flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
@@ -223,7 +244,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.is_open() {
             tracing::warn!(
-                key = %self.key,
+                key = %self.0.key,
                 "lease dropped before the operation finished; the key is reclaimable when the lease ends"
             );
         }

@@ -716,7 +716,7 @@ impl Idempotency for IdempotencyService {
         match lease.failure_policy() {
             FailurePolicy::Release => self.release(lease).await,
             FailurePolicy::Record => {
-                let ttl = lease.options.failure_ttl;
+                let ttl = lease.options().failure_ttl;
                 self.finish(lease, Finish::Failed(error), ttl).await
             }
         }
