@@ -102,16 +102,38 @@ pub(crate) fn check_token(key: &str, token: &Token) -> Result<(), StoreError> {
 /// instead of a lease end, since the client has no server clock; the server derives the
 /// lease end from the key's expiry (two leases from the claim).
 pub(crate) fn fresh_claim(
+    out: &mut impl Out,
     fingerprint: &Fingerprint,
     token: &Token,
     fence: u64,
     started_at: Millis,
     lease_ms: u64,
-) -> Vec<u8> {
-    let mut out = header_start("processing", fingerprint, token, fence, started_at);
-    push_field(&mut out, "ls", lease_ms);
-    out.push(b'\n');
-    out
+) {
+    write_header_start(out, "processing", fingerprint, token, fence, started_at);
+    push_field(out, "ls", lease_ms);
+    out.put(b"\n");
+}
+
+/// Where a record is written: a vector, or a command's next argument ([`ArgWriter`]),
+/// which saves a fresh claim a buffer and a copy of its record.
+pub(crate) trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A command's next argument, as `RedisWrite::writer_for_next_arg` hands it out.
+pub(crate) struct ArgWriter<W>(pub W);
+
+impl<W: std::io::Write> Out for ArgWriter<W> {
+    fn put(&mut self, bytes: &[u8]) {
+        // The writer appends to the command's own vector, which cannot fail.
+        let _ = self.0.write_all(bytes);
+    }
 }
 
 /// The whole record as `insert` writes it.
@@ -210,7 +232,8 @@ fn finished_header(
     out
 }
 
-/// The five fields every header line starts with, in their fixed order, after the tag.
+/// The five fields every header line starts with, in their fixed order, after the tag,
+/// in a new vector.
 fn header_start(
     status: &str,
     fingerprint: &Fingerprint,
@@ -219,16 +242,28 @@ fn header_start(
     started_at: Millis,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(200 + token.as_bytes().len());
-    out.extend_from_slice(TAG.as_bytes());
-    out.extend_from_slice(b" st=");
-    out.extend_from_slice(status.as_bytes());
-    out.extend_from_slice(b" fp=");
-    push_hex(&mut out, fingerprint);
-    out.extend_from_slice(b" tok=");
-    out.extend_from_slice(token.as_bytes());
-    push_field(&mut out, "fence", fence);
-    push_field(&mut out, "sa", started_at);
+    write_header_start(&mut out, status, fingerprint, token, fence, started_at);
     out
+}
+
+/// [`header_start`], written to `out`.
+fn write_header_start(
+    out: &mut impl Out,
+    status: &str,
+    fingerprint: &Fingerprint,
+    token: &Token,
+    fence: u64,
+    started_at: Millis,
+) {
+    out.put(TAG.as_bytes());
+    out.put(b" st=");
+    out.put(status.as_bytes());
+    out.put(b" fp=");
+    push_hex(out, fingerprint);
+    out.put(b" tok=");
+    out.put(token.as_bytes());
+    push_field(out, "fence", fence);
+    push_field(out, "sa", started_at);
 }
 
 /// A response split into the parts a finished record lays out: status code, body type,
@@ -555,14 +590,14 @@ impl<'a> Iterator for Words<'a> {
     }
 }
 
-fn push_field(out: &mut Vec<u8>, name: &str, value: u64) {
-    out.push(b' ');
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'=');
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+fn push_field(out: &mut impl Out, name: &str, value: u64) {
+    out.put(b" ");
+    out.put(name.as_bytes());
+    out.put(b"=");
+    out.put(itoa::Buffer::new().format(value).as_bytes());
 }
 
-fn push_hex(out: &mut Vec<u8>, fingerprint: &Fingerprint) {
+fn push_hex(out: &mut impl Out, fingerprint: &Fingerprint) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     // Into an array first: a push per digit checks the vector's capacity 64 times.
     let mut hex = [0u8; 64];
@@ -570,7 +605,7 @@ fn push_hex(out: &mut Vec<u8>, fingerprint: &Fingerprint) {
         pair[0] = DIGITS[usize::from(byte >> 4)];
         pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
-    out.extend_from_slice(&hex);
+    out.put(&hex);
 }
 
 /// Whether `line` holds an ASCII control character. Every byte is looked at, without
@@ -704,7 +739,8 @@ mod tests {
     #[test]
     fn a_fresh_claim_carries_the_lease_length_not_its_end() {
         let fp = Fingerprint::from_bytes([0xab; 32]);
-        let value = fresh_claim(&fp, &Token::from_stored("t1"), 7, 1000, 30_000);
+        let mut value = Vec::new();
+        fresh_claim(&mut value, &fp, &Token::from_stored("t1"), 7, 1000, 30_000);
         let text = String::from_utf8(value.clone()).unwrap();
         assert_eq!(
             text,

@@ -156,9 +156,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
+use redis::RedisWrite;
 
 use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Owner, Store};
 use crate::error::StoreError;
+use crate::fingerprint::Fingerprint;
 use crate::record::{Millis, Record, Token};
 
 mod coalesce;
@@ -376,7 +378,10 @@ impl RedisStore {
 
     /// The record a fresh claim writes with `SET NX GET`, and what it acquires when the key
     /// is free.
-    fn fresh_claim(&self, claim: &Claim<'_>) -> Result<(FreshClaim, ClaimReply), StoreError> {
+    fn fresh_claim<'a>(
+        &self,
+        claim: &Claim<'a>,
+    ) -> Result<(FreshClaim<'a>, ClaimReply), StoreError> {
         codec::check_token(claim.key, claim.token)?;
         let now = since_epoch();
         let now_us = now.as_micros() as u64;
@@ -387,10 +392,12 @@ impl RedisStore {
         };
         let started_at = now.as_millis() as Millis;
         let lease = claim.lease.as_millis() as u64;
-        let value = codec::fresh_claim(claim.fingerprint, claim.token, fence, started_at, lease);
         let fresh = FreshClaim {
-            value,
-            expiry_ms: lease.saturating_mul(2).max(1),
+            fingerprint: claim.fingerprint,
+            token: claim.token,
+            fence,
+            started_at,
+            lease_ms: lease,
         };
         let acquired = ClaimReply::Acquired {
             fence,
@@ -529,26 +536,37 @@ impl RedisStore {
     }
 }
 
-/// The record of a fresh claim and how long its key lives.
-struct FreshClaim {
-    value: Vec<u8>,
-    expiry_ms: u64,
+/// What a fresh claim writes: the processing record's fields and the lease length.
+struct FreshClaim<'a> {
+    fingerprint: &'a Fingerprint,
+    token: &'a Token,
+    fence: u64,
+    started_at: Millis,
+    lease_ms: u64,
 }
 
-impl FreshClaim {
-    /// `SET <key> <record> NX GET PX <expiry>`.
+impl FreshClaim<'_> {
+    /// `SET <key> <record> NX GET PX <two leases>`, the record written straight into the
+    /// command; every attempt writes the same bytes.
     fn command(&self, key: &str) -> redis::Cmd {
-        // Sized up front (20 digits for the expiry): growing the command's buffers argument
-        // by argument took more allocator time than the rest of a replay.
-        let size = "SETNXGETPX".len() + key.len() + self.value.len() + 20;
+        // Sized up front (the record's fixed fields, its token, and 20 digits for each
+        // number): growing the command's buffers argument by argument took more allocator
+        // time than the rest of a replay.
+        let size = "SETNXGETPX".len() + key.len() + 200 + self.token.as_bytes().len();
         let mut cmd = redis::Cmd::with_capacity(7, size);
-        cmd.arg("SET")
-            .arg(key)
-            .arg(&self.value[..])
-            .arg("NX")
+        cmd.arg("SET").arg(key);
+        codec::fresh_claim(
+            &mut codec::ArgWriter(cmd.writer_for_next_arg()),
+            self.fingerprint,
+            self.token,
+            self.fence,
+            self.started_at,
+            self.lease_ms,
+        );
+        cmd.arg("NX")
             .arg("GET")
             .arg("PX")
-            .arg(self.expiry_ms);
+            .arg(self.lease_ms.saturating_mul(2).max(1));
         cmd
     }
 }
@@ -603,16 +621,17 @@ impl RedisStore {
         let ttl = millis(ttl);
         // For the script's common case: what the owner's fresh claim wrote (a takeover
         // wrote a record of the script's making), and the finished record.
-        let claimed = match owner.takeover {
-            true => Vec::new(),
-            false => codec::fresh_claim(
+        let mut claimed = Vec::new();
+        if !owner.takeover {
+            codec::fresh_claim(
+                &mut claimed,
                 owner.fingerprint,
                 owner.token,
                 owner.fence,
                 owner.started_at,
                 owner.lease.as_millis() as u64,
-            ),
-        };
+            );
+        }
         let completed_at = epoch_ms();
         let finished = codec::finished(
             owner.fingerprint,
