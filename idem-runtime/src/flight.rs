@@ -12,8 +12,10 @@
 //! without joiners ends with one map removal and builds nothing for them.
 
 use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use foldhash::fast::RandomState;
 use foldhash::HashMap;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -24,10 +26,34 @@ use crate::record::Record;
 
 /// The flights of one service. Every call enters and leaves the map, so it hashes with
 /// foldhash, several times cheaper than the standard SipHash and still seeded at random
-/// per process, since its keys come from callers.
-#[derive(Default)]
+/// per process, since its keys come from callers; and the map is cut into shards by key,
+/// each with its lock, so that calls on different threads seldom take the same lock (or
+/// pull the same memory from another core's cache).
 pub(crate) struct Flights {
-    map: Mutex<HashMap<Arc<str>, Slot>>,
+    shards: [Mutex<HashMap<Arc<str>, Slot>>; SHARDS],
+    /// Picks a key's shard.
+    hasher: RandomState,
+}
+
+/// How many shards the flights are cut into.
+const SHARDS: usize = 32;
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            shards: std::array::from_fn(|_| Mutex::default()),
+            hasher: RandomState::default(),
+        }
+    }
+}
+
+impl Flights {
+    /// The shard that holds `key`'s flight.
+    fn shard(&self, key: &str) -> &Mutex<HashMap<Arc<str>, Slot>> {
+        // The shard comes from the hash's top bits; the shard's map uses the low ones.
+        let hash = self.hasher.hash_one(key);
+        &self.shards[(hash >> 32) as usize % SHARDS]
+    }
 }
 
 /// A flight in the map: what its leader asks the store, how far it got, and the joiners'
@@ -119,7 +145,7 @@ impl Flights {
         fingerprint: &Fingerprint,
         validate_fingerprint: bool,
     ) -> Option<Role> {
-        let mut map = lock(&self.map);
+        let mut map = lock(self.shard(key));
         if let Some(slot) = map.get_mut(key) {
             let alike = slot.fingerprint == *fingerprint
                 && slot.validate_fingerprint == validate_fingerprint;
@@ -170,7 +196,7 @@ impl FlightGuard {
             return;
         };
         let joiners = {
-            let mut map = lock(&self.flights.map);
+            let mut map = lock(self.flights.shard(key));
             let Some(slot) = map.get_mut(&**key) else {
                 return;
             };
@@ -215,7 +241,7 @@ impl FlightGuard {
             return;
         };
         let joiners = {
-            let mut map = lock(&self.flights.map);
+            let mut map = lock(self.flights.shard(&key));
             match map.entry(Arc::clone(&key)) {
                 // The leader's own entry, not a later flight's for the same key.
                 Entry::Occupied(entry) if Arc::ptr_eq(entry.key(), &key) => entry.remove().joiners,
