@@ -393,107 +393,113 @@ where
 
 /// Runs one call of an annotated fn: claim the key, then run the body and store its
 /// outcome, or replay the stored one.
-pub async fn run<R, F>(call: Call, ops: Ops<R::Ok, R::Err>, body: F) -> R
+#[allow(clippy::manual_async_fn)] // see "Futures" in service.rs
+pub fn run<R, F>(call: Call, ops: Ops<R::Ok, R::Err>, body: F) -> impl Future<Output = R>
 where
     R: Returns,
     F: Future<Output = R>,
 {
-    let idem = ops.from_idem;
-    let Call {
-        service,
-        scope,
-        key,
-        fingerprint,
-        mut options,
-    } = call;
-    let fingerprint = match fingerprint {
-        Ok(fingerprint) => fingerprint,
-        Err(source) => {
-            let key = match key {
-                Some(id) => Key::scoped(scope, id).to_string(),
-                None => scope.into_owned(),
-            };
-            return R::from_result(Err(idem(Error::Fingerprint { key, source })));
-        }
-    };
-    let key = Key::scoped(scope, key.unwrap_or_else(|| fingerprint.to_hex()));
+    async move {
+        let idem = ops.from_idem;
+        let Call {
+            service,
+            scope,
+            key,
+            fingerprint,
+            mut options,
+        } = call;
+        let fingerprint = match fingerprint {
+            Ok(fingerprint) => fingerprint,
+            Err(source) => {
+                let key = match key {
+                    Some(id) => Key::scoped(scope, id).to_string(),
+                    None => scope.into_owned(),
+                };
+                return R::from_result(Err(idem(Error::Fingerprint { key, source })));
+            }
+        };
+        let key = Key::scoped(scope, key.unwrap_or_else(|| fingerprint.to_hex()));
 
-    if is_held(&key) {
-        tracing::warn!(key = %key, "idempotent call from inside its own body refused");
-        let key = for_message(&key);
-        return R::from_result(Err(idem(Error::Reentrant { key })));
+        if is_held(&key) {
+            tracing::warn!(key = %key, "idempotent call from inside its own body refused");
+            let key = for_message(&key);
+            return R::from_result(Err(idem(Error::Reentrant { key })));
+        }
+
+        if ops.records && options.failure_policy.is_none() {
+            options.failure_policy = Some(FailurePolicy::Record);
+        }
+        let checked = match service.as_service() {
+            Some(direct) => direct.check_and_lock(&key, &fingerprint, &options).await,
+            None => service.check_and_lock(&key, &fingerprint, &options).await,
+        };
+        let outcome = match checked {
+            Ok(outcome) => outcome,
+            Err(error) => return R::from_result(Err(idem(error))),
+        };
+
+        let result = match outcome {
+            // Boxed: the owner's future (body, renewals, store) is large, and keeping it out of
+            // this one keeps the far more frequent replay cheap to set up.
+            CheckOutcome::Acquired(lease) => {
+                return Box::pin(own::<R, F>(service, key, lease, ops, body)).await
+            }
+            CheckOutcome::Bypassed { .. } => return body.await,
+            CheckOutcome::Completed(record) => replay_ok(&key, record, ops.decode_ok).map_err(idem),
+            CheckOutcome::Failed(record) => {
+                Err(replay_err(&key, record, ops.replay_err).unwrap_or_else(idem))
+            }
+            CheckOutcome::NotReplayable(record) => Err(idem(Error::NotReplayable {
+                key: for_message(&key),
+                reason: reason(record),
+            })),
+            CheckOutcome::Mismatch { stored } => Err(idem(Error::FingerprintMismatch {
+                key: for_message(&key),
+                stored,
+                presented: fingerprint,
+            })),
+            CheckOutcome::InProgress { retry_after } => Err(idem(Error::InProgress {
+                key: for_message(&key),
+                retry_after,
+            })),
+        };
+        R::from_result(result)
     }
-
-    if ops.records && options.failure_policy.is_none() {
-        options.failure_policy = Some(FailurePolicy::Record);
-    }
-    let checked = match service.as_service() {
-        Some(direct) => direct.check_and_lock(&key, &fingerprint, &options).await,
-        None => service.check_and_lock(&key, &fingerprint, &options).await,
-    };
-    let outcome = match checked {
-        Ok(outcome) => outcome,
-        Err(error) => return R::from_result(Err(idem(error))),
-    };
-
-    let result = match outcome {
-        // Boxed: the owner's future (body, renewals, store) is large, and keeping it out of
-        // this one keeps the far more frequent replay cheap to set up.
-        CheckOutcome::Acquired(lease) => {
-            return Box::pin(own::<R, F>(service, key, lease, ops, body)).await
-        }
-        CheckOutcome::Bypassed { .. } => return body.await,
-        CheckOutcome::Completed(record) => replay_ok(&key, record, ops.decode_ok).map_err(idem),
-        CheckOutcome::Failed(record) => {
-            Err(replay_err(&key, record, ops.replay_err).unwrap_or_else(idem))
-        }
-        CheckOutcome::NotReplayable(record) => Err(idem(Error::NotReplayable {
-            key: for_message(&key),
-            reason: reason(record),
-        })),
-        CheckOutcome::Mismatch { stored } => Err(idem(Error::FingerprintMismatch {
-            key: for_message(&key),
-            stored,
-            presented: fingerprint,
-        })),
-        CheckOutcome::InProgress { retry_after } => Err(idem(Error::InProgress {
-            key: for_message(&key),
-            retry_after,
-        })),
-    };
-    R::from_result(result)
 }
 
 /// The owner's side: run the body with the lease kept alive, then store the outcome.
-async fn own<R, F>(
+#[allow(clippy::manual_async_fn)] // see "Futures" in service.rs
+fn own<R, F>(
     service: Arc<dyn Idempotency>,
     key: Key,
     lease: Lease,
     ops: Ops<R::Ok, R::Err>,
     body: F,
-) -> R
+) -> impl Future<Output = R>
 where
     R: Returns,
     F: Future<Output = R>,
 {
-    let held = held_with(key);
-    let result = HELD_KEYS
-        .scope(held, keep_alive(&*service, &lease, body))
-        .await
-        .into_result();
+    async move {
+        let held = held_with(key);
+        let result = HELD_KEYS
+            .scope(held, keep_alive(&*service, &lease, body))
+            .await
+            .into_result();
 
-    let finish = match &result {
-        Ok(value) => match (ops.encode_ok)(value) {
-            Ok(body) => Finish::Complete(Response::ok(body)),
-            Err(cause) => Finish::NotReplayable(format!(
-                "the {} result does not serialize: {cause}",
-                type_name::<R::Ok>()
-            )),
-        },
-        Err(error) => (ops.on_failure)(error),
-    };
-    store_outcome(service, lease, finish).await;
-    R::from_result(result)
+        let finish = match &result {
+            Ok(value) => match (ops.encode_ok)(value) {
+                Ok(body) => Finish::Complete(Response::ok(body)),
+                Err(cause) => Finish::NotReplayable(format!(
+                    "the {} result does not serialize: {cause}",
+                    type_name::<R::Ok>()
+                )),
+            },
+            Err(error) => (ops.on_failure)(error),
+        };
+        store_outcome(service, lease, finish).await;
+        R::from_result(result)
+    }
 }
 
 /// Stores the outcome so that a caller dropped after the body returned cannot stop it: the

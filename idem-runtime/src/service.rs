@@ -1,4 +1,15 @@
 //! The idempotency service: claim a key, wait for another owner, complete, replay.
+//!
+//! # Futures
+//!
+//! Every call's future holds the futures of the calls it awaits, down to the store's, and
+//! is moved whole wherever it is created and awaited, so its size is paid in copies on
+//! every call. The functions on that path are written as `fn .. -> impl Future` returning
+//! an `async move` block rather than as `async fn`s, which keep their arguments twice (as
+//! passed, and as the locals they are moved into), and they take apart a store's reply
+//! before awaiting anything else, since a `match` holds its scrutinee across the awaits in
+//! its arms. Together this halved a replay's future (2.4 KB to 1.1 KB) and took about a
+//! tenth off its client CPU under load.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -170,12 +181,27 @@ impl Stores {
         }
     }
 
-    async fn claim(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &self.redis {
-            return redis.claim_unboxed(claim).await;
+    /// The store's claim. Hands back the store's own future rather than being an `async fn`:
+    /// a layer of its own would add its copy of `claim` to every call's future.
+    #[cfg(feature = "redis")]
+    fn claim<'a>(
+        &'a self,
+        claim: Claim<'a>,
+    ) -> impl Future<Output = Result<ClaimReply, StoreError>> + Send + 'a {
+        use futures_util::future::Either;
+        match &self.redis {
+            Some(redis) => Either::Left(redis.claim_unboxed(claim)),
+            None => Either::Right(self.any.claim(claim)),
         }
-        self.any.claim(claim).await
+    }
+
+    /// The store's claim.
+    #[cfg(not(feature = "redis"))]
+    fn claim<'a>(
+        &'a self,
+        claim: Claim<'a>,
+    ) -> impl Future<Output = Result<ClaimReply, StoreError>> + Send + 'a {
+        self.any.claim(claim)
     }
 
     async fn complete(
@@ -331,37 +357,42 @@ impl IdempotencyService {
         keep_alive(self, lease, operation).await
     }
 
-    async fn claim_once(
-        &self,
-        key: &Key,
-        store_key: &str,
-        fingerprint: &Fingerprint,
-        token: &Token,
-        options: &Resolved,
-    ) -> Result<ClaimReply, Error> {
-        let claim = Claim {
-            key: store_key,
-            fingerprint,
-            validate_fingerprint: options.validate_fingerprint,
-            token,
-            lease: options.lock_timeout,
-        };
-        let mut pause = CLAIM_RETRY_PAUSE;
-        let mut attempt = 1;
-        loop {
-            match self.inner.store.claim(claim).await {
-                Ok(reply) => return Ok(reply),
-                Err(StoreError::Connection(source)) if attempt < CLAIM_ATTEMPTS => {
-                    tracing::warn!(
-                        key = %key, error = %source, attempt,
-                        "claim failed on the connection; sending it again with the same token"
-                    );
-                    // Boxed: this rare path would otherwise grow every call's future.
-                    Box::pin(tokio::time::sleep(pause)).await;
-                    pause *= 4;
-                    attempt += 1;
-                }
-                Err(source) => return Err(store_error(key, source)),
+    #[allow(clippy::manual_async_fn)] // see "Futures" in the module docs
+    fn claim_once<'a>(
+        &'a self,
+        key: &'a Key,
+        store_key: &'a str,
+        fingerprint: &'a Fingerprint,
+        token: &'a Token,
+        options: &'a Resolved,
+    ) -> impl Future<Output = Result<ClaimReply, Error>> + Send + 'a {
+        async move {
+            let claim = Claim {
+                key: store_key,
+                fingerprint,
+                validate_fingerprint: options.validate_fingerprint,
+                token,
+                lease: options.lock_timeout,
+            };
+            let mut pause = CLAIM_RETRY_PAUSE;
+            let mut attempt = 1;
+            loop {
+                // The reply is taken apart before the pause: a match that held it across the
+                // pause would keep its room in every call's future.
+                let source = match self.inner.store.claim(claim).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(StoreError::Connection(source)) if attempt < CLAIM_ATTEMPTS => source,
+                    Err(source) => return Err(store_error(key, source)),
+                };
+                tracing::warn!(
+                    key = %key, error = %source, attempt,
+                    "claim failed on the connection; sending it again with the same token"
+                );
+                drop(source);
+                // Boxed: this rare path would otherwise grow every call's future.
+                Box::pin(tokio::time::sleep(pause)).await;
+                pause *= 4;
+                attempt += 1;
             }
         }
     }
@@ -379,39 +410,43 @@ impl IdempotencyService {
     /// [`check_and_lock`](Idempotency::check_and_lock) once its options are resolved and its
     /// key checked: joins this process's flight for the key, or leads it, within the wait
     /// budget that ends at `deadline`.
-    pub(crate) async fn call(
-        &self,
-        key: &Key,
-        store_key: &str,
-        fingerprint: &Fingerprint,
+    #[allow(clippy::manual_async_fn)] // see "Futures" in the module docs
+    pub(crate) fn call<'a>(
+        &'a self,
+        key: &'a Key,
+        store_key: &'a str,
+        fingerprint: &'a Fingerprint,
         options: Resolved,
         deadline: Instant,
-    ) -> Result<CheckOutcome, Error> {
-        // A call that will not wait asks the store, which knows how long the owner's lease
-        // still runs, instead of joining this process's flight.
-        let flight = match options.wait {
-            false => None,
-            true => loop {
-                let entered =
-                    self.inner
-                        .flights
-                        .enter(store_key, fingerprint, options.validate_fingerprint);
-                match entered {
-                    Some(Role::Leader(flight)) => break Some(flight),
-                    Some(Role::Joiner(flight)) => {
-                        match self.join(key, flight, &options, deadline).await? {
-                            Joined::Outcome(outcome) => return Ok(outcome),
-                            Joined::Vacated => continue,
-                            Joined::LeaseLapsed => break None,
+    ) -> impl Future<Output = Result<CheckOutcome, Error>> + Send + 'a {
+        async move {
+            // A call that will not wait asks the store, which knows how long the owner's lease
+            // still runs, instead of joining this process's flight.
+            let flight = match options.wait {
+                false => None,
+                true => loop {
+                    let entered = self.inner.flights.enter(
+                        store_key,
+                        fingerprint,
+                        options.validate_fingerprint,
+                    );
+                    match entered {
+                        Some(Role::Leader(flight)) => break Some(flight),
+                        Some(Role::Joiner(flight)) => {
+                            match self.join(key, flight, &options, deadline).await? {
+                                Joined::Outcome(outcome) => return Ok(outcome),
+                                Joined::Vacated => continue,
+                                Joined::LeaseLapsed => break None,
+                            }
                         }
+                        None => break None,
                     }
-                    None => break None,
-                }
-            },
-        };
-        // One await of the leader's side, so that every call's future holds it once.
-        self.lead(key, store_key, fingerprint, options, flight, deadline)
-            .await
+                },
+            };
+            // One await of the leader's side, so that every call's future holds it once.
+            self.lead(key, store_key, fingerprint, options, flight, deadline)
+                .await
+        }
     }
 
     /// The leader's side: claim, and while another process's owner works, wait and claim
@@ -444,97 +479,101 @@ impl IdempotencyService {
     /// [`lead`](Self::lead) with the token made, and maybe the first claim's reply known
     /// (from a batch).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn lead_from(
-        &self,
-        key: &Key,
-        store_key: &str,
-        fingerprint: &Fingerprint,
+    #[allow(clippy::manual_async_fn)] // see "Futures" in the module docs
+    pub(crate) fn lead_from<'a>(
+        &'a self,
+        key: &'a Key,
+        store_key: &'a str,
+        fingerprint: &'a Fingerprint,
         options: Resolved,
         flight: Option<FlightGuard>,
         deadline: Instant,
-        start: Start,
-    ) -> Result<CheckOutcome, Error> {
-        let Start { token, mut first } = start;
-        let notifies = self.inner.store.any.notifies();
-        let mut pause = FIRST_RECHECK;
-        loop {
-            // The claim is sent outside any match on `first`, so that `first` is not kept
-            // twice in every call's future across the round trip.
-            if first.is_none() {
-                let claimed = self
-                    .claim_once(key, store_key, fingerprint, &token, &options)
-                    .await;
-                first = Some(claimed);
-            }
-            let reply = match first.take() {
-                Some(Ok(reply)) => reply,
-                Some(Err(error)) => return self.on_store_error(error),
-                None => continue,
-            };
-            match reply {
-                ClaimReply::Acquired {
-                    fence,
-                    lease_until,
-                    takeover,
-                } => {
-                    if takeover {
-                        tracing::info!(key = %key, fence, "took over a lapsed lease");
-                    } else {
-                        tracing::debug!(key = %key, fence, "lock acquired");
-                    }
-                    let grant = Grant {
-                        key: key.clone(),
-                        store_key: store_key.to_owned(),
-                        token,
-                        fingerprint: *fingerprint,
+        mut start: Start,
+    ) -> impl Future<Output = Result<CheckOutcome, Error>> + Send + 'a {
+        async move {
+            // `start`'s fields are used where they lie: moved into locals of their own, they
+            // would take room in every call's future twice.
+            let notifies = self.inner.store.any.notifies();
+            let mut pause = FIRST_RECHECK;
+            loop {
+                // The claim is sent outside any match on `first`, so that `first` is not kept
+                // twice in every call's future across the round trip.
+                if start.first.is_none() {
+                    let claimed = self
+                        .claim_once(key, store_key, fingerprint, &start.token, &options)
+                        .await;
+                    start.first = Some(claimed);
+                }
+                let reply = match start.first.take() {
+                    Some(Ok(reply)) => reply,
+                    Some(Err(error)) => return self.on_store_error(error),
+                    None => continue,
+                };
+                let remaining = match reply {
+                    ClaimReply::Acquired {
                         fence,
-                        takeover,
                         lease_until,
-                    };
-                    return Ok(CheckOutcome::Acquired(Lease::new(grant, options, flight)));
-                }
-                ClaimReply::Mismatch { stored } => {
-                    tracing::debug!(key = %key, "fingerprint mismatch");
-                    if let Some(flight) = flight {
-                        flight.end(FlightEnd::Mismatch(stored));
+                        takeover,
+                    } => {
+                        if takeover {
+                            tracing::info!(key = %key, fence, "took over a lapsed lease");
+                        } else {
+                            tracing::debug!(key = %key, fence, "lock acquired");
+                        }
+                        let grant = Grant {
+                            key: key.clone(),
+                            store_key: store_key.to_owned(),
+                            token: start.token,
+                            fingerprint: *fingerprint,
+                            fence,
+                            takeover,
+                            lease_until,
+                        };
+                        return Ok(CheckOutcome::Acquired(Lease::new(grant, options, flight)));
                     }
-                    return Ok(CheckOutcome::Mismatch { stored });
-                }
-                ClaimReply::Finished(record) => {
-                    tracing::debug!(key = %key, status = record.status().as_str(), "replay");
-                    let record = match flight {
-                        Some(flight) => flight.end_finished(record),
-                        None => record,
-                    };
-                    return replay(key, record);
-                }
-                ClaimReply::Busy { remaining } => {
-                    if !options.wait {
-                        return Ok(CheckOutcome::InProgress {
-                            retry_after: remaining,
-                        });
+                    ClaimReply::Mismatch { stored } => {
+                        tracing::debug!(key = %key, "fingerprint mismatch");
+                        if let Some(flight) = flight {
+                            flight.end(FlightEnd::Mismatch(stored));
+                        }
+                        return Ok(CheckOutcome::Mismatch { stored });
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(Error::WaitTimeout {
-                            key: for_message(key),
-                            waited: options.wait_timeout,
-                        });
+                    ClaimReply::Finished(record) => {
+                        tracing::debug!(key = %key, status = record.status().as_str(), "replay");
+                        let record = match flight {
+                            Some(flight) => flight.end_finished(record),
+                            None => record,
+                        };
+                        return replay(key, record);
                     }
-                    // Wake at the end of the owner's lease at the latest, to take it over. A
-                    // store that notifies wakes this caller on the owner's outcome, so it is
-                    // not asked again after growing pauses.
-                    let until_lease_end = remaining.max(Duration::from_millis(1));
-                    let nap = match notifies {
-                        true => until_lease_end.min(deadline - now),
-                        false => pause.min(until_lease_end).min(deadline - now),
-                    };
-                    if let Err(source) = self.inner.store.any.wait_for_change(store_key, nap).await
-                    {
-                        return self.on_store_error(store_error(key, source));
-                    }
-                    pause = (pause * 2).min(MAX_RECHECK);
+                    // Taken apart here, and waited on below: a reply held across the wait
+                    // would keep its room in every call's future.
+                    ClaimReply::Busy { remaining } => remaining,
+                };
+                if !options.wait {
+                    return Ok(CheckOutcome::InProgress {
+                        retry_after: remaining,
+                    });
                 }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::WaitTimeout {
+                        key: for_message(key),
+                        waited: options.wait_timeout,
+                    });
+                }
+                // Wake at the end of the owner's lease at the latest, to take it over. A store
+                // that notifies wakes this caller on the owner's outcome, so it is not asked
+                // again after growing pauses.
+                let until_lease_end = remaining.max(Duration::from_millis(1));
+                let nap = match notifies {
+                    true => until_lease_end.min(deadline - now),
+                    false => pause.min(until_lease_end).min(deadline - now),
+                };
+                if let Err(source) = self.inner.store.any.wait_for_change(store_key, nap).await {
+                    return self.on_store_error(store_error(key, source));
+                }
+                pause = (pause * 2).min(MAX_RECHECK);
             }
         }
     }
@@ -655,17 +694,20 @@ impl IdempotencyService {
     /// [`Idempotency::check_and_lock`], without the allocation that the trait's boxed
     /// future costs: a call on the service itself (not through `dyn Idempotency` or a
     /// generic) takes this one.
-    pub async fn check_and_lock(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        options: &CallOptions,
-    ) -> Result<CheckOutcome, Error> {
-        let options = self.resolved(key, options)?;
-        let store_key = self.checked_store_key(key)?;
-        let deadline = deadline_of(&options);
-        self.call(key, &store_key, fingerprint, options, deadline)
-            .await
+    #[allow(clippy::manual_async_fn)] // see "Futures" in the module docs
+    pub fn check_and_lock<'a>(
+        &'a self,
+        key: &'a Key,
+        fingerprint: &'a Fingerprint,
+        options: &'a CallOptions,
+    ) -> impl Future<Output = Result<CheckOutcome, Error>> + Send + 'a {
+        async move {
+            let options = self.resolved(key, options)?;
+            let store_key = self.checked_store_key(key)?;
+            let deadline = deadline_of(&options);
+            self.call(key, &store_key, fingerprint, options, deadline)
+                .await
+        }
     }
 
     /// [`Idempotency::complete`], without the allocation of the trait's boxed future, like

@@ -26,6 +26,7 @@
 //!   its command left out: nobody would read the reply, and a claim nobody owns would
 //!   hold its key for a lease.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,43 +78,51 @@ impl Coalescer {
     }
 
     /// Sends `cmd` with the commands of other callers that come in before the next write.
-    pub async fn query(self: &Arc<Self>, conn: &ConnectionManager, cmd: Cmd) -> RedisResult<Value> {
-        let (reply, answer) = oneshot::channel();
-        let here = Handle::try_current().map(|runtime| runtime.id()).ok();
-        let (flush, at_home) = {
-            let mut queue = lock(&self.queue);
-            queue.queued.push(Queued { cmd, reply });
-            let home = queue.runtime.as_ref().map(Handle::id);
-            let at_home = home.is_some() && home == here;
-            let flush = match queue.queued.len() {
-                1 => Some((Vec::new(), queue.runtime.clone())),
-                n if n >= GATHER_LIMIT => {
-                    Some((std::mem::take(&mut queue.queued), queue.runtime.clone()))
-                }
-                _ => None,
+    #[allow(clippy::manual_async_fn)] // see "Futures" in service.rs
+    pub fn query<'a>(
+        self: &'a Arc<Self>,
+        conn: &'a ConnectionManager,
+        cmd: Cmd,
+    ) -> impl Future<Output = RedisResult<Value>> + Send + 'a {
+        async move {
+            let (reply, answer) = oneshot::channel();
+            let here = Handle::try_current().map(|runtime| runtime.id()).ok();
+            let (flush, at_home) = {
+                let mut queue = lock(&self.queue);
+                queue.queued.push(Queued { cmd, reply });
+                let home = queue.runtime.as_ref().map(Handle::id);
+                let at_home = home.is_some() && home == here;
+                let flush = match queue.queued.len() {
+                    1 => Some((Vec::new(), queue.runtime.clone())),
+                    n if n >= GATHER_LIMIT => {
+                        Some((std::mem::take(&mut queue.queued), queue.runtime.clone()))
+                    }
+                    _ => None,
+                };
+                (flush, at_home)
             };
-            (flush, at_home)
-        };
-        // Spawned out of the lock: a runtime that has shut down drops the task inside
-        // `spawn`, and the flush's drop takes the lock.
-        if let Some((full, runtime)) = flush {
-            self.spawn_flush(conn, full, runtime);
+            // Spawned out of the lock: a runtime that has shut down drops the task inside
+            // `spawn`, and the flush's drop takes the lock.
+            if let Some((full, runtime)) = flush {
+                self.spawn_flush(conn, full, runtime);
+            }
+            let answer = match at_home {
+                // The flush runs here and bounds its own wait; if this runtime stops, this
+                // caller stops with it.
+                true => answer.await,
+                // Boxed: the timer would take room in every caller's future.
+                false => match Box::pin(tokio::time::timeout(self.patience, answer)).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(timed_out()),
+                },
+            };
+            answer.unwrap_or_else(|_| {
+                Err(RedisError::from((
+                    ErrorKind::Io,
+                    "the task sending this command ended without its reply",
+                )))
+            })
         }
-        let answer = match at_home {
-            // The flush runs here and bounds its own wait; if this runtime stops, this
-            // caller stops with it.
-            true => answer.await,
-            false => match tokio::time::timeout(self.patience, answer).await {
-                Ok(answer) => answer,
-                Err(_) => return Err(timed_out()),
-            },
-        };
-        answer.unwrap_or_else(|_| {
-            Err(RedisError::from((
-                ErrorKind::Io,
-                "the task sending this command ended without its reply",
-            )))
-        })
     }
 
     /// Starts the flush of the gathering this caller opened, or of the `full` one it

@@ -114,8 +114,7 @@ pub(crate) fn fresh_claim(
     out.put(b"\n");
 }
 
-/// Where a record is written: a vector, or a command's next argument ([`ArgWriter`]),
-/// which saves a fresh claim a buffer and a copy of its record.
+/// Where a record is written: a vector, or a [`Line`] on the stack.
 pub(crate) trait Out {
     fn put(&mut self, bytes: &[u8]);
 }
@@ -126,13 +125,55 @@ impl Out for Vec<u8> {
     }
 }
 
-/// A command's next argument, as `RedisWrite::writer_for_next_arg` hands it out.
-pub(crate) struct ArgWriter<W>(pub W);
+/// A record's header line written on the stack, then copied into its command at once: a
+/// fresh claim's record went into the command a field at a time, and those small copies
+/// cost more than the rest of its making. A line longer than the buffer (a long token)
+/// moves to the heap.
+pub(crate) struct Line {
+    buf: [u8; LINE],
+    len: usize,
+    spilled: Option<Vec<u8>>,
+}
 
-impl<W: std::io::Write> Out for ArgWriter<W> {
+/// Room for a fresh claim's record with a token of up to about 100 bytes.
+const LINE: usize = 256;
+
+impl Line {
+    pub fn new() -> Self {
+        Line {
+            buf: [0; LINE],
+            len: 0,
+            spilled: None,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.spilled {
+            Some(spilled) => spilled,
+            None => &self.buf[..self.len],
+        }
+    }
+}
+
+impl Out for Line {
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        // The writer appends to the command's own vector, which cannot fail.
-        let _ = self.0.write_all(bytes);
+        if let Some(spilled) = &mut self.spilled {
+            spilled.extend_from_slice(bytes);
+            return;
+        }
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => {
+                let mut spilled = Vec::with_capacity(2 * LINE);
+                spilled.extend_from_slice(&self.buf[..self.len]);
+                spilled.extend_from_slice(bytes);
+                self.spilled = Some(spilled);
+            }
+        }
     }
 }
 
@@ -904,6 +945,19 @@ mod tests {
                 let expected = digit.to_digit(16).map(|v| (v as u8) << shift);
                 assert_eq!(parsed, expected, "byte {byte:#04x} at digit {at}");
             }
+        }
+    }
+
+    #[test]
+    fn a_line_reads_back_what_was_put_whether_it_stays_on_the_stack_or_not() {
+        for token_len in [0, 1, 32, 100, 200, 255, 256, 257, 1000] {
+            let token = Token::from_stored("t".repeat(token_len));
+            let fp = Fingerprint::from_bytes([7; 32]);
+            let mut line = Line::new();
+            let mut vec = Vec::new();
+            fresh_claim(&mut line, &fp, &token, 7, 1000, 30_000);
+            fresh_claim(&mut vec, &fp, &token, 7, 1000, 30_000);
+            assert_eq!(line.as_bytes(), &vec[..], "token of {token_len} bytes");
         }
     }
 

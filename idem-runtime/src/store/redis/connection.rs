@@ -1,9 +1,11 @@
 //! Connections to a standalone Redis or a Redis Cluster, their timeouts, and how client
 //! errors map to store errors.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
@@ -112,10 +114,16 @@ impl Connection {
 
     /// Sends one command to the node that owns its key (any node for keyless commands); on
     /// a standalone server, in one write with those of other callers sent at the same time.
-    pub async fn query(&self, cmd: Cmd) -> redis::RedisResult<Value> {
+    ///
+    /// Hands back the connection's own future rather than being an `async fn`: a layer of
+    /// its own would add its copy of `cmd` to every call's future.
+    pub fn query(&self, cmd: Cmd) -> impl Future<Output = redis::RedisResult<Value>> + Send + '_ {
         match self {
-            Connection::Standalone(conn, coalescer) => coalescer.query(conn, cmd).await,
-            Connection::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
+            Connection::Standalone(conn, coalescer) => Either::Left(coalescer.query(conn, cmd)),
+            Connection::Cluster(conn) => {
+                let mut conn = conn.clone();
+                Either::Right(async move { cmd.query_async(&mut conn).await })
+            }
         }
     }
 

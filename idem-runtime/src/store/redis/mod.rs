@@ -149,6 +149,7 @@
 //!
 //! Requires Redis 7.0 or later (`SET` with both `NX` and `GET`).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -156,7 +157,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::RedisWrite;
 
 use super::{Claim, ClaimReply, DeleteReply, Finish, LeaseReply, Owner, Store};
 use crate::error::StoreError;
@@ -331,32 +331,37 @@ impl RedisStore {
     ) -> Result<redis::Value, StoreError> {
         let mut attempt = 0;
         loop {
+            // The reply is taken apart before the pause, so that its room is not kept in
+            // every call's future across it.
             match script.run(&self.connection, key, args).await {
                 Ok(value) => return Ok(value),
-                Err(error) if self.retry(key, &error, &mut attempt) => {
-                    // Boxed, as every rare path here: inline it would grow each call.
-                    Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
-                }
+                Err(error) if self.retry(key, &error, &mut attempt) => {}
                 Err(error) => return Err(store_error(error)),
             }
+            // Boxed, as every rare path here: inline it would grow each call.
+            Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
         }
     }
 
     /// Sends the command `command` makes (again for each attempt: a sent command is gone).
-    async fn query(
-        &self,
-        key: &str,
-        command: impl Fn() -> redis::Cmd,
-    ) -> Result<redis::Value, StoreError> {
-        let mut attempt = 0;
-        loop {
-            match self.connection.query(command()).await {
-                Ok(value) => return Ok(value),
-                Err(error) if self.retry(key, &error, &mut attempt) => {
-                    // Boxed, as every rare path here: inline it would grow each call.
-                    Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
+    #[allow(clippy::manual_async_fn)] // see "Futures" in service.rs
+    fn query<'a>(
+        &'a self,
+        key: &'a str,
+        command: impl Fn() -> redis::Cmd + Send + 'a,
+    ) -> impl Future<Output = Result<redis::Value, StoreError>> + Send + 'a {
+        async move {
+            let mut attempt = 0;
+            loop {
+                // The reply is taken apart before the pause, so that its room is not kept in
+                // every call's future across it.
+                match self.connection.query(command()).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) if self.retry(key, &error, &mut attempt) => {}
+                    Err(error) => return Err(store_error(error)),
                 }
-                Err(error) => return Err(store_error(error)),
+                // Boxed, as every rare path here: inline it would grow each call.
+                Box::pin(tokio::time::sleep(RETRY_PAUSE * attempt)).await;
             }
         }
     }
@@ -378,10 +383,7 @@ impl RedisStore {
 
     /// The record a fresh claim writes with `SET NX GET`, and what it acquires when the key
     /// is free.
-    fn fresh_claim<'a>(
-        &self,
-        claim: &Claim<'a>,
-    ) -> Result<(FreshClaim<'a>, ClaimReply), StoreError> {
+    fn fresh_claim<'a>(&self, claim: &Claim<'a>) -> Result<FreshClaim<'a>, StoreError> {
         codec::check_token(claim.key, claim.token)?;
         let now = since_epoch();
         let now_us = now.as_micros() as u64;
@@ -399,12 +401,7 @@ impl RedisStore {
             started_at,
             lease_ms: lease,
         };
-        let acquired = ClaimReply::Acquired {
-            fence,
-            lease_until: started_at + lease,
-            takeover: false,
-        };
-        Ok((fresh, acquired))
+        Ok(fresh)
     }
 
     /// What the reply to a fresh claim's `SET NX GET` means; `None` when the key holds a
@@ -412,12 +409,12 @@ impl RedisStore {
     fn fresh_reply(
         &self,
         claim: &Claim<'_>,
-        acquired: ClaimReply,
+        fresh: &FreshClaim<'_>,
         reply: redis::Value,
     ) -> Result<Option<ClaimReply>, StoreError> {
         let key = claim.key;
         let value = match reply {
-            redis::Value::Nil => return Ok(Some(acquired)),
+            redis::Value::Nil => return Ok(Some(fresh.acquired())),
             redis::Value::BulkString(value) => value,
             other => return Err(corrupt(key, format!("unexpected SET reply {other:?}"))),
         };
@@ -546,24 +543,37 @@ struct FreshClaim<'a> {
 }
 
 impl FreshClaim<'_> {
-    /// `SET <key> <record> NX GET PX <two leases>`, the record written straight into the
-    /// command; every attempt writes the same bytes.
+    /// What the claim answers when the key was free: the lease is the caller's. (Made
+    /// after the reply, not kept beside the claim: every future up to the caller's would
+    /// carry its 176 bytes.)
+    fn acquired(&self) -> ClaimReply {
+        ClaimReply::Acquired {
+            fence: self.fence,
+            lease_until: self.started_at + self.lease_ms,
+            takeover: false,
+        }
+    }
+
+    /// `SET <key> <record> NX GET PX <two leases>`; every attempt writes the same bytes.
     fn command(&self, key: &str) -> redis::Cmd {
-        // Sized up front (the record's fixed fields, its token, and 20 digits for each
-        // number): growing the command's buffers argument by argument took more allocator
-        // time than the rest of a replay.
-        let size = "SETNXGETPX".len() + key.len() + 200 + self.token.as_bytes().len();
-        let mut cmd = redis::Cmd::with_capacity(7, size);
-        cmd.arg("SET").arg(key);
+        // Sized up front (20 digits for the expiry): growing the command's buffers argument
+        // by argument took more allocator time than the rest of a replay.
+        let mut record = codec::Line::new();
         codec::fresh_claim(
-            &mut codec::ArgWriter(cmd.writer_for_next_arg()),
+            &mut record,
             self.fingerprint,
             self.token,
             self.fence,
             self.started_at,
             self.lease_ms,
         );
-        cmd.arg("NX")
+        let record = record.as_bytes();
+        let size = "SETNXGETPX".len() + key.len() + record.len() + 20;
+        let mut cmd = redis::Cmd::with_capacity(7, size);
+        cmd.arg("SET")
+            .arg(key)
+            .arg(record)
+            .arg("NX")
             .arg("GET")
             .arg("PX")
             .arg(self.lease_ms.saturating_mul(2).max(1));
@@ -594,17 +604,24 @@ fn slot_of(key: &str) -> u16 {
 
 impl RedisStore {
     /// [`Store::claim`], whose future the service awaits without boxing it.
-    pub(crate) async fn claim_unboxed(&self, claim: Claim<'_>) -> Result<ClaimReply, StoreError> {
-        let (fresh, acquired) = self.fresh_claim(&claim)?;
-        let reply = self
-            .query(claim.key, || fresh.command(claim.key))
-            .await
-            .map_err(|e| wrong_type_is_corrupt(claim.key, e))?;
-        match self.fresh_reply(&claim, acquired, reply)? {
-            Some(reply) => Ok(reply),
-            // Boxed: a held key is the rare case, and its script call inline made every
-            // claim's future too large for the allocator's per-thread cache.
-            None => Box::pin(self.claim_processing(&claim)).await,
+    #[allow(clippy::manual_async_fn)] // see "Futures" in service.rs
+    pub(crate) fn claim_unboxed<'a>(
+        &'a self,
+        claim: Claim<'a>,
+    ) -> impl Future<Output = Result<ClaimReply, StoreError>> + Send + 'a {
+        async move {
+            let fresh = self.fresh_claim(&claim)?;
+            let reply = self
+                .query(claim.key, || fresh.command(claim.key))
+                .await
+                .map_err(|e| wrong_type_is_corrupt(claim.key, e))?;
+            if let Some(reply) = self.fresh_reply(&claim, &fresh, reply)? {
+                return Ok(reply);
+            }
+            // Boxed: a held key is the rare case, and its script call inline made every claim's
+            // future too large for the allocator's per-thread cache. (And after the `if`, not
+            // in a `match` on the reply, which would hold the reply's room across this await.)
+            Box::pin(self.claim_processing(&claim)).await
         }
     }
 
@@ -662,15 +679,15 @@ impl Store for RedisStore {
         let commands: Vec<(&str, redis::Cmd)> = claims
             .iter()
             .zip(&prepared)
-            .filter_map(|(c, p)| p.as_ref().ok().map(|(f, _)| (c.key, f.command(c.key))))
+            .filter_map(|(c, p)| p.as_ref().ok().map(|f| (c.key, f.command(c.key))))
             .collect();
         let mut sent = self.pipelined(&commands).await.into_iter();
         let mut replies = Vec::with_capacity(claims.len());
         for (claim, prepared) in claims.iter().zip(prepared) {
-            let reply = prepared.and_then(|(_, acquired)| {
+            let reply = prepared.and_then(|fresh| {
                 let missing = || Err(StoreError::Command("the pipeline lost a reply".into()));
                 let value = sent.next().unwrap_or_else(missing)?;
-                self.fresh_reply(claim, acquired, value)
+                self.fresh_reply(claim, &fresh, value)
             });
             replies.push(reply);
         }
