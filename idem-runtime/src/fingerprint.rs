@@ -162,7 +162,10 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const MAX_DEPTH: usize = 256;
 
 /// The SHA-256 digest of a canonical encoding of a call's arguments.
+// Aligned to 8: at alignment 1 the compiler placed fingerprints at odd offsets in futures
+// and copied them in 4-byte pieces that later 16-byte reads had to wait for.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(align(8))]
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {

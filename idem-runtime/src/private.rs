@@ -394,31 +394,27 @@ where
 /// Runs one call of an annotated fn: claim the key, then run the body and store its
 /// outcome, or replay the stored one.
 #[allow(clippy::manual_async_fn)] // see "Futures" in service.rs
-pub fn run<R, F>(call: Call, ops: Ops<R::Ok, R::Err>, body: F) -> impl Future<Output = R>
+pub fn run<R, F>(mut call: Call, ops: Ops<R::Ok, R::Err>, body: F) -> impl Future<Output = R>
 where
     R: Returns,
     F: Future<Output = R>,
 {
+    // `call`'s fields are used where they lie, and the outcome is taken apart before the
+    // owner's path is awaited: see "Futures" in service.rs.
     async move {
         let idem = ops.from_idem;
-        let Call {
-            service,
-            scope,
-            key,
-            fingerprint,
-            mut options,
-        } = call;
-        let fingerprint = match fingerprint {
+        let fingerprint = match call.fingerprint {
             Ok(fingerprint) => fingerprint,
             Err(source) => {
-                let key = match key {
-                    Some(id) => Key::scoped(scope, id).to_string(),
-                    None => scope.into_owned(),
+                let key = match call.key {
+                    Some(id) => Key::scoped(call.scope, id).to_string(),
+                    None => call.scope.into_owned(),
                 };
                 return R::from_result(Err(idem(Error::Fingerprint { key, source })));
             }
         };
-        let key = Key::scoped(scope, key.unwrap_or_else(|| fingerprint.to_hex()));
+        let id = call.key.unwrap_or_else(|| fingerprint.to_hex());
+        let key = Key::scoped(call.scope, id);
 
         if is_held(&key) {
             tracing::warn!(key = %key, "idempotent call from inside its own body refused");
@@ -426,44 +422,65 @@ where
             return R::from_result(Err(idem(Error::Reentrant { key })));
         }
 
-        if ops.records && options.failure_policy.is_none() {
-            options.failure_policy = Some(FailurePolicy::Record);
+        if ops.records && call.options.failure_policy.is_none() {
+            call.options.failure_policy = Some(FailurePolicy::Record);
         }
-        let checked = match service.as_service() {
-            Some(direct) => direct.check_and_lock(&key, &fingerprint, &options).await,
-            None => service.check_and_lock(&key, &fingerprint, &options).await,
-        };
-        let outcome = match checked {
-            Ok(outcome) => outcome,
-            Err(error) => return R::from_result(Err(idem(error))),
-        };
-
-        let result = match outcome {
-            // Boxed: the owner's future (body, renewals, store) is large, and keeping it out of
-            // this one keeps the far more frequent replay cheap to set up.
-            CheckOutcome::Acquired(lease) => {
-                return Box::pin(own::<R, F>(service, key, lease, ops, body)).await
+        let service = call.service;
+        // The outcome is taken apart in a block of its own, before anything else is
+        // awaited: held across the owner's awaits, it would take room in every call's
+        // future.
+        let lease = {
+            let checked = match service.as_service() {
+                Some(direct) => {
+                    direct
+                        .check_and_lock(&key, &fingerprint, &call.options)
+                        .await
+                }
+                None => {
+                    service
+                        .check_and_lock(&key, &fingerprint, &call.options)
+                        .await
+                }
+            };
+            match checked {
+                Ok(CheckOutcome::Acquired(lease)) => Some(lease),
+                Ok(CheckOutcome::Bypassed { .. }) => None,
+                Ok(CheckOutcome::Completed(record)) => {
+                    return R::from_result(replay_ok(&key, record, ops.decode_ok).map_err(idem))
+                }
+                Ok(CheckOutcome::Failed(record)) => {
+                    return R::from_result(Err(
+                        replay_err(&key, record, ops.replay_err).unwrap_or_else(idem)
+                    ))
+                }
+                Ok(CheckOutcome::NotReplayable(record)) => {
+                    return R::from_result(Err(idem(Error::NotReplayable {
+                        key: for_message(&key),
+                        reason: reason(record),
+                    })))
+                }
+                Ok(CheckOutcome::Mismatch { stored }) => {
+                    return R::from_result(Err(idem(Error::FingerprintMismatch {
+                        key: for_message(&key),
+                        stored,
+                        presented: fingerprint,
+                    })))
+                }
+                Ok(CheckOutcome::InProgress { retry_after }) => {
+                    return R::from_result(Err(idem(Error::InProgress {
+                        key: for_message(&key),
+                        retry_after,
+                    })))
+                }
+                Err(error) => return R::from_result(Err(idem(error))),
             }
-            CheckOutcome::Bypassed { .. } => return body.await,
-            CheckOutcome::Completed(record) => replay_ok(&key, record, ops.decode_ok).map_err(idem),
-            CheckOutcome::Failed(record) => {
-                Err(replay_err(&key, record, ops.replay_err).unwrap_or_else(idem))
-            }
-            CheckOutcome::NotReplayable(record) => Err(idem(Error::NotReplayable {
-                key: for_message(&key),
-                reason: reason(record),
-            })),
-            CheckOutcome::Mismatch { stored } => Err(idem(Error::FingerprintMismatch {
-                key: for_message(&key),
-                stored,
-                presented: fingerprint,
-            })),
-            CheckOutcome::InProgress { retry_after } => Err(idem(Error::InProgress {
-                key: for_message(&key),
-                retry_after,
-            })),
         };
-        R::from_result(result)
+        match lease {
+            // Boxed: the owner's future (body, renewals, store) is large, and keeping it out
+            // of this one keeps the far more frequent replay cheap to set up.
+            Some(lease) => Box::pin(own::<R, F>(service, key, lease, ops, body)).await,
+            None => body.await,
+        }
     }
 }
 
