@@ -163,7 +163,7 @@ impl IdempotencyService {
                         // Sent again with the same token by the usual path, which the store
                         // recognises if the first attempt landed.
                         Some(Err(StoreError::Connection(_))) | None => None,
-                        Some(reply) => Some(reply.map_err(|e| store_error(item.key, e))),
+                        Some(reply) => Some(Box::new(reply.map_err(|e| store_error(item.key, e)))),
                     };
                     Box::pin(self.lead_from(
                         item.key,

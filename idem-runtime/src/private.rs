@@ -183,9 +183,10 @@ pub const fn duration(value: std::time::Duration) -> std::time::Duration {
     value
 }
 
-/// The fingerprint of a fn's arguments, added one by one, keeping the first error.
+/// The fingerprint of a fn's arguments, added one by one, keeping the first error. Taken
+/// and given back by reference: by value, each argument moved the whole hash state.
 pub struct Args {
-    fingerprinter: Fingerprinter,
+    fingerprinter: Option<Fingerprinter>,
     error: Option<FingerprintError>,
 }
 
@@ -194,26 +195,36 @@ impl Args {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Args {
-            fingerprinter: Fingerprinter::new(),
+            fingerprinter: Some(Fingerprinter::new()),
             error: None,
         }
     }
 
     /// Adds the next argument, named for errors.
-    pub fn arg<T: Fingerprinted + ?Sized>(mut self, name: &'static str, value: &T) -> Self {
+    pub fn arg<T: Fingerprinted + ?Sized>(&mut self, name: &'static str, value: &T) -> &mut Self {
         if self.error.is_none() {
-            if let Err(error) = self.fingerprinter.arg(name, value) {
-                self.error = Some(error);
+            if let Some(fingerprinter) = &mut self.fingerprinter {
+                if let Err(error) = fingerprinter.arg(name, value) {
+                    self.error = Some(error);
+                }
             }
         }
         self
     }
 
-    /// The fingerprint, or the first argument's error.
-    pub fn finish(self) -> Result<Fingerprint, FingerprintError> {
-        match self.error {
-            Some(error) => Err(error),
-            None => Ok(self.fingerprinter.finish()),
+    /// The fingerprint, or the first argument's error. Once: the generated code calls it
+    /// once, and a second call is refused rather than answered with the fingerprint of no
+    /// arguments.
+    pub fn finish(&mut self) -> Result<Fingerprint, FingerprintError> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        match self.fingerprinter.take() {
+            Some(fingerprinter) => Ok(fingerprinter.finish()),
+            None => Err(FingerprintError::Serialize {
+                argument: None,
+                message: "the arguments were fingerprinted already".to_owned(),
+            }),
         }
     }
 }
@@ -654,6 +665,20 @@ fn held_with(key: Key) -> Vec<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_fingerprint_once_and_keep_their_first_error() {
+        let mut args = Args::new();
+        args.arg("item", &42u32).arg("discount", &0.25);
+        let expected = crate::fingerprint::fingerprint(&(42u32, 0.25)).expect("finite");
+        assert_eq!(args.finish().ok(), Some(expected));
+        assert!(args.finish().is_err(), "a second finish is refused");
+
+        let mut args = Args::new();
+        args.arg("a", &f64::NAN).arg("b", &1u8);
+        let error = args.finish().expect_err("NaN does not fingerprint");
+        assert!(error.to_string().contains("`a`"), "{error}");
+    }
 
     #[tokio::test]
     async fn a_store_dropped_midway_finishes_on_a_task_of_its_own() {

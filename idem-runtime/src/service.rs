@@ -44,7 +44,8 @@ const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// already sent it.
 pub(crate) struct Start {
     pub token: Token,
-    pub first: Option<Result<ClaimReply, Error>>,
+    /// Boxed: only a batch has one, and inline it would take room in every call's future.
+    pub first: Option<Box<Result<ClaimReply, Error>>>,
 }
 
 pub use crate::batch::BatchItem;
@@ -491,23 +492,19 @@ impl IdempotencyService {
         mut start: Start,
     ) -> impl Future<Output = Result<CheckOutcome, Error>> + Send + 'a {
         async move {
-            // `start`'s fields are used where they lie: moved into locals of their own, they
-            // would take room in every call's future twice.
             let notifies = self.inner.store.any.notifies();
             let mut pause = FIRST_RECHECK;
             loop {
-                // The claim is sent outside any match on `first`, so that `first` is not kept
-                // twice in every call's future across the round trip.
-                if start.first.is_none() {
-                    let claimed = self
-                        .claim_once(key, store_key, fingerprint, &start.token, &options)
-                        .await;
-                    start.first = Some(claimed);
-                }
-                let reply = match start.first.take() {
-                    Some(Ok(reply)) => reply,
-                    Some(Err(error)) => return self.on_store_error(error),
-                    None => continue,
+                let claimed = match start.first.take() {
+                    Some(first) => *first,
+                    None => {
+                        self.claim_once(key, store_key, fingerprint, &start.token, &options)
+                            .await
+                    }
+                };
+                let reply = match claimed {
+                    Ok(reply) => reply,
+                    Err(error) => return self.on_store_error(error),
                 };
                 let remaining = match reply {
                     ClaimReply::Acquired {
