@@ -928,3 +928,81 @@ fn a_store_whose_runtime_is_never_driven_again_fails_within_its_timeouts() {
     assert_eq!(left, None, "a claim sent after its caller gave up");
     drop(idle);
 }
+
+// A flush spawned from a worker waits in that worker's own slot, which no other worker
+// takes. A worker blocked by other code must hold up no caller past the store's timeouts
+// (0.5 s + 1 s here), on that worker's runtime or any other, and a caller that blocks its
+// own worker on a command must get an error, not wait for ever.
+#[test]
+fn a_blocked_worker_holds_up_no_caller_past_the_stores_timeouts() {
+    const BLOCK: Duration = Duration::from_secs(4);
+    const BOUND: Duration = Duration::from_millis(3_000);
+    let main = two_thread_runtime();
+    let server = RedisServer::start();
+    let store = main.block_on(store(&server.url()));
+
+    let (blocked, free) = main.block_on(async {
+        // Queues its claim (and so its write's flush, on this worker), then blocks the
+        // worker's thread.
+        let blocker = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let token = Token::generate();
+                let claim = store.claim(claim_for("idem-test:{0::blocker}", &token));
+                let block = async { std::thread::sleep(BLOCK) };
+                let (reply, ()) = tokio::join!(claim, block);
+                reply
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A caller on the other worker.
+        let free = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let token = Token::generate();
+                let started = std::time::Instant::now();
+                let reply = store.claim(claim_for("idem-test:{0::free}", &token)).await;
+                (started.elapsed(), reply)
+            }
+        })
+        .await
+        .expect("the free caller's task");
+        (blocker.await.expect("the blocker's task"), free)
+    });
+    let (took, reply) = free;
+    assert!(took < BOUND, "the free caller waited {took:?}: {reply:?}");
+    assert!(
+        matches!(
+            reply,
+            Ok(ClaimReply::Acquired { .. }) | Err(StoreError::Connection(_))
+        ),
+        "{reply:?}"
+    );
+    assert!(
+        matches!(
+            blocked,
+            Ok(ClaimReply::Acquired { .. }) | Err(StoreError::Connection(_))
+        ),
+        "{blocked:?}"
+    );
+
+    // A caller that blocks its own worker on the command.
+    let (took, reply) = main.block_on(async {
+        let store = store.clone();
+        let selfish = tokio::spawn(async move {
+            let token = Token::generate();
+            let started = std::time::Instant::now();
+            let reply = futures::executor::block_on(
+                store.claim(claim_for("idem-test:{0::self-block}", &token)),
+            );
+            (started.elapsed(), reply)
+        });
+        tokio::time::timeout(Duration::from_secs(10), selfish)
+            .await
+            .expect("the self-blocking caller returned")
+            .expect("its task")
+    });
+    assert!(took < BOUND, "the self-blocking caller waited {took:?}");
+    assert!(matches!(reply, Err(StoreError::Connection(_))), "{reply:?}");
+    server.assert_every_key_expires();
+}

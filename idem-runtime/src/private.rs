@@ -217,6 +217,8 @@ impl Args {
     /// arguments.
     pub fn finish(&mut self) -> Result<Fingerprint, FingerprintError> {
         if let Some(error) = self.error.take() {
+            // What was hashed ends inside the failed argument: nothing may finish it.
+            self.fingerprinter = None;
             return Err(error);
         }
         match self.fingerprinter.take() {
@@ -678,6 +680,10 @@ mod tests {
         args.arg("a", &f64::NAN).arg("b", &1u8);
         let error = args.finish().expect_err("NaN does not fingerprint");
         assert!(error.to_string().contains("`a`"), "{error}");
+        assert!(
+            args.finish().is_err(),
+            "a second finish after an error is refused too"
+        );
     }
 
     #[tokio::test]

@@ -18,10 +18,9 @@
 //!   connection error (the store sends them again), and flushes move to the runtime of the
 //!   next caller, as the connection's reconnect does.
 //! - A caller waits for its reply at most the store's connection and response timeouts
-//!   together, even when no runtime runs its flush. A flush bounds its own write and
-//!   reply by that time, so a caller on the flushes' runtime needs no timer of its own
-//!   (a timer per caller was about 5% of a replay's client CPU); a caller on another
-//!   runtime keeps one, since the flushes' runtime may stall or stop without it.
+//!   together, even when no runtime runs its flush (its runtime stalled or stopped, or
+//!   the worker whose slot holds the flush is blocked). A flush bounds its own write and
+//!   reply by the same time.
 //! - A caller that gave up (dropped, or out of time) before its flush took the queue has
 //!   its command left out: nobody would read the reply, and a claim nobody owns would
 //!   hold its key for a lease.
@@ -86,35 +85,30 @@ impl Coalescer {
     ) -> impl Future<Output = RedisResult<Value>> + Send + 'a {
         async move {
             let (reply, answer) = oneshot::channel();
-            let here = Handle::try_current().map(|runtime| runtime.id()).ok();
-            let (flush, at_home) = {
+            let flush = {
                 let mut queue = lock(&self.queue);
                 queue.queued.push(Queued { cmd, reply });
-                let home = queue.runtime.as_ref().map(Handle::id);
-                let at_home = home.is_some() && home == here;
-                let flush = match queue.queued.len() {
+                match queue.queued.len() {
                     1 => Some((Vec::new(), queue.runtime.clone())),
                     n if n >= GATHER_LIMIT => {
                         Some((std::mem::take(&mut queue.queued), queue.runtime.clone()))
                     }
                     _ => None,
-                };
-                (flush, at_home)
+                }
             };
             // Spawned out of the lock: a runtime that has shut down drops the task inside
             // `spawn`, and the flush's drop takes the lock.
             if let Some((full, runtime)) = flush {
                 self.spawn_flush(conn, full, runtime);
             }
-            let answer = match at_home {
-                // The flush runs here and bounds its own wait; if this runtime stops, this
-                // caller stops with it.
-                true => answer.await,
-                // Boxed: the timer would take room in every caller's future.
-                false => match Box::pin(tokio::time::timeout(self.patience, answer)).await {
-                    Ok(answer) => answer,
-                    Err(_) => return Err(timed_out()),
-                },
+            // Every caller keeps a timer of its own, even on the flushes' runtime: a flush
+            // spawned from a worker waits in that worker's own slot, which no other worker
+            // takes, so a worker blocked by other code would hold up the callers of every
+            // worker, and a caller that blocks its own worker on this future would wait for
+            // ever.
+            let answer = match tokio::time::timeout(self.patience, answer).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(timed_out()),
             };
             answer.unwrap_or_else(|_| {
                 Err(RedisError::from((
