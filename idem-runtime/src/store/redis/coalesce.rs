@@ -37,8 +37,8 @@ use tokio::sync::oneshot;
 /// The most commands one write carries. A full gathering goes out at once, without waiting
 /// for the flush's yield, so the server works through one while callers fill the next:
 /// with one unbounded gathering, 64 busy callers took turns with the server instead of
-/// working alongside it, and replays ran about a tenth slower (the load generator's
-/// concurrency-64 replay phase; 32 did best of 8 to 48 there).
+/// working alongside it. Of 16, 24, 32 and 48, 32 did best in the load generator's
+/// concurrency-64 replay phase.
 const GATHER_LIMIT: usize = 32;
 
 /// A command waiting for the next write, and where its reply goes.
