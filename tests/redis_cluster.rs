@@ -195,3 +195,17 @@ async fn keys_with_braces_run_their_whole_lifecycle_on_the_cluster() {
     }
     cluster.assert_every_key_expires();
 }
+
+// As on a standalone server (`tests/redis_store.rs`): timeouts that mean "never".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_that_mean_never_are_taken_as_such_on_a_cluster() {
+    let cluster = RedisCluster::shared();
+    let options = redis_calls::never_timing_out();
+    let store = RedisStore::connect_cluster_with(cluster.urls(), options)
+        .await
+        .expect("connecting to the harness cluster");
+    let service = redis_calls::service(store, Duration::from_secs(5));
+    let key = Key::new("never-times-out");
+    redis_calls::whole_life(&service, &key).await;
+    cluster.assert_every_key_expires();
+}

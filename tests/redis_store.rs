@@ -10,7 +10,7 @@ mod redis_harness;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use idem::store::redis::{EvictionPolicyError, RedisStore, RedisStoreOptions};
+use idem::store::redis::{redis, EvictionPolicyError, RedisStore, RedisStoreOptions};
 use idem::store::{Claim, ClaimReply, Finish, Owner};
 use idem::{
     Body, CallOptions, CheckOutcome, Error, IdempotencyService, Key, Response, Store, StoreError,
@@ -1004,5 +1004,156 @@ fn a_blocked_worker_holds_up_no_caller_past_the_stores_timeouts() {
     });
     assert!(took < BOUND, "the self-blocking caller waited {took:?}");
     assert!(matches!(reply, Err(StoreError::Connection(_))), "{reply:?}");
+    server.assert_every_key_expires();
+}
+
+// A flush that wrote its commands and then stops being polled (its runtime is not driven
+// before the reply comes) must hold up its callers no longer than the store's timeouts
+// (0.5 s + 1 s here), though no task of any runtime will answer them.
+#[test]
+fn a_flush_held_up_after_its_write_holds_up_no_caller_past_the_stores_timeouts() {
+    const BOUND: Duration = Duration::from_millis(3_000);
+    let server = RedisServer::start();
+    let flushes = one_thread_runtime();
+    let store = flushes.block_on(store(&server.url()));
+    // The write goes out but gets no reply while the runtime of the flush is driven.
+    server.freeze(true);
+
+    let caller = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            let token = Token::generate();
+            let started = std::time::Instant::now();
+            let reply = one_thread_runtime().block_on(async {
+                let claim = store.claim(claim_for("idem-test:{0::held-up}", &token));
+                tokio::time::timeout(Duration::from_secs(10), claim).await
+            });
+            (started.elapsed(), reply)
+        }
+    });
+    // Drives the flush through its write; after that nothing polls it.
+    std::thread::sleep(Duration::from_millis(100));
+    flushes.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+
+    let (took, reply) = caller.join().expect("the caller's thread");
+    server.freeze(false);
+    assert!(took < BOUND, "the caller waited {took:?}: {reply:?}");
+    assert!(
+        matches!(reply, Ok(Err(StoreError::Connection(_)))),
+        "{reply:?} after {took:?}"
+    );
+    drop(flushes);
+    server.assert_every_key_expires();
+}
+
+// Each command waits its own patience (0.5 s + 1 s here), counted from when it was
+// issued: a caller that joins a gathering whose flush is late keeps all of it, and one
+// whose time ran out is left out of the write.
+#[test]
+fn a_late_gathering_keeps_each_caller_its_own_patience() {
+    let server = RedisServer::start();
+    let flushes = one_thread_runtime();
+    let store = flushes.block_on(store(&server.url()));
+    let callers = two_thread_runtime();
+    let claim = |key: &'static str, after: Duration| {
+        let store = store.clone();
+        callers.spawn(async move {
+            tokio::time::sleep(after).await;
+            let token = Token::generate();
+            let started = std::time::Instant::now();
+            let reply = store.claim(claim_for(key, &token)).await;
+            (started.elapsed(), reply)
+        })
+    };
+    let first = claim("idem-test:{0::first}", Duration::ZERO);
+    let second = claim("idem-test:{0::second}", Duration::from_secs(1));
+
+    // The flush of both runs only now: past the first caller's time, within the second's.
+    std::thread::sleep(Duration::from_millis(1_800));
+    flushes.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+
+    let ((took_first, first), (took_second, second)) = callers.block_on(async {
+        let first = first.await.expect("the first caller's task");
+        (first, second.await.expect("the second caller's task"))
+    });
+    assert!(
+        matches!(first, Err(StoreError::Connection(_))),
+        "{first:?} after {took_first:?}"
+    );
+    let waited = Duration::from_millis(1_400)..Duration::from_millis(1_750);
+    assert!(
+        waited.contains(&took_first),
+        "the first waited {took_first:?}"
+    );
+    assert!(
+        matches!(second, Ok(ClaimReply::Acquired { .. })),
+        "{second:?} after {took_second:?}"
+    );
+    let left: Option<Vec<u8>> = server.cmd(&["GET", "idem-test:{0::first}"]);
+    assert_eq!(left, None, "a claim sent after its caller's time ran out");
+    server.assert_every_key_expires();
+}
+
+// The runtime that runs the flushes stops while a flush waits for the commands it is to
+// gather: its callers get an error the store sends again on their own runtime at once,
+// and later callers are not caught behind the flush that never comes.
+#[test]
+fn a_flush_dropped_while_it_gathers_leaves_its_callers_to_send_again() {
+    let server = RedisServer::start();
+    let flushes = one_thread_runtime();
+    let store = flushes.block_on(store(&server.url()));
+    let (queued, is_queued) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            one_thread_runtime().block_on(async {
+                let token = Token::generate();
+                let started = std::time::Instant::now();
+                let mut claim =
+                    Box::pin(store.claim(claim_for("idem-test:{0::gathering}", &token)));
+                assert!(futures::poll!(claim.as_mut()).is_pending());
+                queued.send(()).expect("the test waits");
+                let reply = tokio::time::timeout(Duration::from_secs(10), claim).await;
+                (started.elapsed(), reply)
+            })
+        }
+    });
+    is_queued.recv().expect("the caller queued its claim");
+    // Polls the flush once, into the yield before it takes the queue; then stops.
+    flushes.block_on(tokio::task::yield_now());
+    drop(flushes);
+
+    let (took, reply) = caller.join().expect("the caller's thread");
+    assert!(
+        matches!(reply, Ok(Ok(ClaimReply::Acquired { .. }))),
+        "{reply:?} after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1_000),
+        "the caller waited {took:?}"
+    );
+    server.assert_every_key_expires();
+}
+
+// Timeouts so long that they mean "never" are taken as such wherever the store adds or
+// compares them, whichever way it was built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_that_mean_never_are_taken_as_such() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect_with(&server.url(), redis_calls::never_timing_out())
+        .await
+        .expect("connecting to the harness server");
+    let service = redis_calls::service(store, Duration::from_secs(5));
+    redis_calls::whole_life(&service, &Key::new("never-times-out")).await;
+
+    let client = redis::Client::open(server.url()).expect("the harness URL");
+    let manager = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("connecting to the harness server");
+    let store = RedisStore::from_connection_manager(manager, redis_calls::never_timing_out())
+        .await
+        .expect("a store over the manager");
+    let service = redis_calls::service(store, Duration::from_secs(5));
+    redis_calls::whole_life(&service, &Key::new("never-times-out-either")).await;
     server.assert_every_key_expires();
 }

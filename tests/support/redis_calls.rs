@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use idem::store::redis::{RedisStore, RedisStoreOptions};
 use idem::{
-    Body, CallOptions, CheckOutcome, Error, Fingerprint, IdempotencyService, Key, Response,
+    Body, CallOptions, CheckOutcome, Error, Fingerprint, Idempotency, IdempotencyService, Key,
+    Response,
 };
 
 /// What one call did.
@@ -85,4 +86,45 @@ pub fn service(store: RedisStore, lease: Duration) -> IdempotencyService {
         .wait_timeout(Duration::from_secs(10))
         .build()
         .expect("valid settings")
+}
+
+/// Options whose timeouts are so long that they mean "never".
+pub fn never_timing_out() -> RedisStoreOptions {
+    RedisStoreOptions {
+        connection_timeout: Duration::MAX,
+        response_timeout: Duration::MAX,
+        fallback_poll: Duration::MAX,
+        ..RedisStoreOptions::default()
+    }
+}
+
+/// Runs a key's whole life on `service`: a first call whose body takes a moment, a
+/// duplicate that waits for it, a replay and a delete. Panics on any other outcome.
+pub async fn whole_life(service: &IdempotencyService, key: &Key) {
+    let (options, fingerprint) = (CallOptions::new(), fp(1));
+    let first = call(service, key, &fingerprint, &options, async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        "ran".to_owned()
+    });
+    let duplicate = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call(service, key, &fp(1), &options, async {
+            "ran twice".to_owned()
+        })
+        .await
+    };
+    let (first, duplicate) = tokio::join!(first, duplicate);
+    assert_eq!(
+        first.expect("the first call"),
+        Call::Ran("ran".into()),
+        "{key}"
+    );
+    let replayed = Call::Replayed("ran".into());
+    assert_eq!(duplicate.expect("the duplicate"), replayed, "{key}");
+    let replay = call(service, key, &fingerprint, &options, async {
+        "again".to_owned()
+    })
+    .await;
+    assert_eq!(replay.expect("the replay"), replayed, "{key}");
+    service.delete(key, false).await.expect("the delete");
 }

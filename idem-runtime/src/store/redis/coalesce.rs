@@ -18,21 +18,27 @@
 //!   connection error (the store sends them again), and flushes move to the runtime of the
 //!   next caller, as the connection's reconnect does.
 //! - A caller waits for its reply at most the store's connection and response timeouts
-//!   together, even when no runtime runs its flush (its runtime stalled or stopped, or
-//!   the worker whose slot holds the flush is blocked). A flush bounds its own write and
-//!   reply by the same time.
-//! - A caller that gave up (dropped, or out of time) before its flush took the queue has
-//!   its command left out: nobody would read the reply, and a claim nobody owns would
-//!   hold its key for a lease.
+//!   together, even when no runtime runs its flush: its runtime stalled or stopped, or the
+//!   worker whose slot holds the flush is blocked (a task spawned from a worker waits in
+//!   that worker's own slot, which no other worker takes). Callers keep no timer of their
+//!   own, which cost a tenth of a busy replay's CPU. Each command carries its deadline,
+//!   the flush bounds its write and reply by the last deadline of its gathering, and a
+//!   thread of the process (see `watchdog.rs`) answers with a timeout every command still
+//!   waiting past its deadline, at most one tick late.
+//! - A caller that dropped its call before its flush took the queue has its command left
+//!   out: nobody would read the reply, and a claim nobody owns would hold its key for a
+//!   lease.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::{Cmd, ErrorKind, RedisError, RedisResult, Value};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+use super::watchdog;
 
 /// The most commands one write carries. A full gathering goes out at once, without waiting
 /// for the flush's yield, so the server works through one while callers fill the next:
@@ -41,15 +47,27 @@ use tokio::sync::oneshot;
 /// concurrency-64 replay phase.
 const GATHER_LIMIT: usize = 32;
 
-/// A command waiting for the next write, and where its reply goes.
+type Reply = oneshot::Sender<RedisResult<Value>>;
+
+/// Patience beyond this is taken as this, so that a deadline is always a valid instant.
+const LONGEST_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// A command waiting for its write, and where its reply goes.
 struct Queued {
-    cmd: Cmd,
-    reply: oneshot::Sender<RedisResult<Value>>,
+    /// `None` once the command is in its write.
+    cmd: Option<Cmd>,
+    /// `None` once the watchdog answered it.
+    reply: Option<Reply>,
+    /// When its caller stops waiting.
+    deadline: Instant,
 }
 
 /// Gathers the commands of concurrent callers and sends each gathering as one pipeline.
 pub(crate) struct Coalescer {
     queue: Mutex<Queue>,
+    /// The gatherings taken from the queue, whose callers wait there for their replies
+    /// until their flush answers them or the watchdog times them out.
+    taken: Mutex<Taken>,
     /// The longest a caller waits for its reply.
     patience: Duration,
 }
@@ -63,17 +81,38 @@ struct Queue {
     runtime: Option<Handle>,
 }
 
+#[derive(Default)]
+struct Taken {
+    next: u64,
+    batches: Vec<Batch>,
+}
+
+/// A gathering taken from the queue, from then on found by its `id`.
+struct Batch {
+    id: u64,
+    queued: Vec<Queued>,
+}
+
+/// What one flush writes.
+enum Write {
+    One(Cmd),
+    Many(redis::Pipeline),
+}
+
 impl Coalescer {
     /// A coalescer whose flushes run on the current runtime, and whose callers wait at most
     /// `patience` for a reply.
     pub fn new(patience: Duration) -> Arc<Self> {
-        Arc::new(Coalescer {
+        let coalescer = Arc::new(Coalescer {
             queue: Mutex::new(Queue {
                 queued: Vec::new(),
                 runtime: Some(Handle::current()),
             }),
-            patience,
-        })
+            taken: Mutex::default(),
+            patience: patience.min(LONGEST_WAIT),
+        });
+        watchdog::watch(coalescer.clone());
+        coalescer
     }
 
     /// Sends `cmd` with the commands of other callers that come in before the next write.
@@ -85,32 +124,30 @@ impl Coalescer {
     ) -> impl Future<Output = RedisResult<Value>> + Send + 'a {
         async move {
             let (reply, answer) = oneshot::channel();
+            let queued = Queued {
+                cmd: Some(cmd),
+                reply: Some(reply),
+                deadline: Instant::now() + self.patience,
+            };
             let flush = {
                 let mut queue = lock(&self.queue);
-                queue.queued.push(Queued { cmd, reply });
+                queue.queued.push(queued);
                 match queue.queued.len() {
-                    1 => Some((Vec::new(), queue.runtime.clone())),
-                    n if n >= GATHER_LIMIT => {
-                        Some((std::mem::take(&mut queue.queued), queue.runtime.clone()))
-                    }
+                    1 => Some((None, queue.runtime.clone())),
+                    n if n >= GATHER_LIMIT => Some((
+                        Some(std::mem::take(&mut queue.queued)),
+                        queue.runtime.clone(),
+                    )),
                     _ => None,
                 }
             };
             // Spawned out of the lock: a runtime that has shut down drops the task inside
             // `spawn`, and the flush's drop takes the lock.
             if let Some((full, runtime)) = flush {
+                let full = full.map(|queued| self.take(queued));
                 self.spawn_flush(conn, full, runtime);
             }
-            // Every caller keeps a timer of its own, even on the flushes' runtime: a flush
-            // spawned from a worker waits in that worker's own slot, which no other worker
-            // takes, so a worker blocked by other code would hold up the callers of every
-            // worker, and a caller that blocks its own worker on this future would wait for
-            // ever.
-            let answer = match tokio::time::timeout(self.patience, answer).await {
-                Ok(answer) => answer,
-                Err(_) => return Err(timed_out()),
-            };
-            answer.unwrap_or_else(|_| {
+            answer.await.unwrap_or_else(|_| {
                 Err(RedisError::from((
                     ErrorKind::Io,
                     "the task sending this command ended without its reply",
@@ -119,34 +156,108 @@ impl Coalescer {
         }
     }
 
-    /// Starts the flush of the gathering this caller opened, or of the `full` one it
+    /// Starts the flush of the gathering this caller opened, or of batch `full`, which it
     /// closed, on `runtime` (else here).
     fn spawn_flush(
         self: &Arc<Self>,
         conn: &ConnectionManager,
-        full: Vec<Queued>,
+        full: Option<u64>,
         runtime: Option<Handle>,
     ) {
         let flush = Flush {
-            coalescer: Some(Arc::clone(self)),
-            full,
+            coalescer: Arc::clone(self),
+            started: false,
+            batch: full,
         };
         let conn = conn.clone();
-        let task = async move {
-            if flush.full.is_empty() {
-                tokio::task::yield_now().await;
-            }
-            flush.run(conn).await;
-        };
+        let task = flush.run(conn);
         match runtime {
             Some(runtime) => drop(runtime.spawn(task)),
             None => drop(tokio::spawn(task)),
         }
     }
 
-    /// Takes what the queue holds.
-    fn take(&self) -> Vec<Queued> {
-        std::mem::take(&mut lock(&self.queue).queued)
+    /// Moves a gathering to where the watchdog sees it; its batch id.
+    fn take(&self, queued: Vec<Queued>) -> u64 {
+        let mut taken = lock(&self.taken);
+        let id = taken.next;
+        taken.next += 1;
+        taken.batches.push(Batch { id, queued });
+        id
+    }
+
+    /// Takes what the queue holds; its batch id, or `None` when the queue was empty.
+    fn take_queued(&self) -> Option<u64> {
+        let queued = std::mem::take(&mut lock(&self.queue).queued);
+        match queued.is_empty() {
+            true => None,
+            false => Some(self.take(queued)),
+        }
+    }
+
+    /// The write of batch `id`, and the last deadline of its commands. Leaves out the
+    /// commands whose callers gave up or were answered: nobody would read the reply, and a
+    /// claim nobody owns would hold its key for a lease. `None` when no caller is left.
+    fn write(&self, id: u64) -> Option<(Write, Instant)> {
+        let mut taken = lock(&self.taken);
+        let at = taken.batches.iter().position(|batch| batch.id == id)?;
+        let batch = &mut taken.batches[at];
+        batch.queued.retain(|queued| {
+            queued
+                .reply
+                .as_ref()
+                .is_some_and(|reply| !reply.is_closed())
+        });
+        let deadline = batch.queued.iter().map(|queued| queued.deadline).max();
+        let write = match &mut batch.queued[..] {
+            [] => None,
+            [one] => one.cmd.take().map(Write::One),
+            many => {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for cmd in many.iter_mut().filter_map(|queued| queued.cmd.take()) {
+                    pipe.add_command(cmd);
+                }
+                Some(Write::Many(pipe))
+            }
+        };
+        if write.is_none() {
+            taken.batches.swap_remove(at);
+        }
+        write.zip(deadline)
+    }
+
+    /// The commands of batch `id`, with the reply channels the watchdog left; `None` when
+    /// it answered them all.
+    fn replies(&self, id: u64) -> Option<Vec<Queued>> {
+        let mut taken = lock(&self.taken);
+        let at = taken.batches.iter().position(|batch| batch.id == id)?;
+        Some(taken.batches.swap_remove(at).queued)
+    }
+}
+
+impl watchdog::Expire for Coalescer {
+    /// Answers the commands past their deadline, queued or on their way. A gathering on
+    /// its way keeps its other commands, and their places in its write.
+    fn expire(&self, now: Instant) {
+        let is_late = |queued: &Queued| queued.deadline <= now;
+        let mut late: Vec<Reply> = lock(&self.queue)
+            .queued
+            .extract_if(.., |queued| is_late(queued))
+            .filter_map(|queued| queued.reply)
+            .collect();
+        {
+            let mut taken = lock(&self.taken);
+            for batch in &mut taken.batches {
+                let answered = batch.queued.iter_mut().filter(|queued| is_late(queued));
+                late.extend(answered.filter_map(|queued| queued.reply.take()));
+            }
+            let waiting = |batch: &Batch| batch.queued.iter().any(|q| q.reply.is_some());
+            taken.batches.retain(waiting);
+        }
+        for reply in late {
+            let _ = reply.send(Err(timed_out()));
+        }
     }
 }
 
@@ -161,78 +272,89 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The flush of one gathering. Dropped before it ran (its runtime shut down), it drops
-/// what was queued for it, and with them their callers' reply channels, so each caller
-/// gets an error instead of a wait; later flushes run on their first caller's runtime.
-/// Once it ran, the queue belongs to the next flush.
+/// The flush of one gathering: the batch its caller closed, or what the queue holds once
+/// it ran. Dropped before it took the queue (its runtime shut down), it drops what was
+/// queued for it, and later flushes run on their first caller's runtime. Dropped with its
+/// batch unanswered, it drops the batch. Either way each caller gets an error (which the
+/// store sends again) instead of a wait.
 struct Flush {
-    coalescer: Option<Arc<Coalescer>>,
-    /// A gathering already taken from the queue, because it was full.
-    full: Vec<Queued>,
+    coalescer: Arc<Coalescer>,
+    /// Whether it took the queue, or was handed a batch.
+    started: bool,
+    batch: Option<u64>,
 }
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        if let Some(coalescer) = self.coalescer.take() {
+        if !self.started {
             let dropped = {
-                let mut queue = lock(&coalescer.queue);
+                let mut queue = lock(&self.coalescer.queue);
                 queue.runtime = None;
                 std::mem::take(&mut queue.queued)
             };
             drop(dropped);
         }
+        if let Some(id) = self.batch.take() {
+            drop(self.coalescer.replies(id));
+        }
     }
 }
 
 impl Flush {
-    /// Sends what the queue holds: one command as itself, more as a pipeline; every caller
-    /// is answered within the coalescer's patience.
+    /// Sends the batch, one command as itself, more as a pipeline, and answers its callers
+    /// by the last of their deadlines.
     async fn run(mut self, mut conn: ConnectionManager) {
-        let Some(coalescer) = self.coalescer.take() else {
+        if self.batch.is_none() {
+            tokio::task::yield_now().await;
+            self.batch = self.coalescer.take_queued();
+        }
+        // From here on the queue belongs to the next flush.
+        self.started = true;
+        let Some(id) = self.batch else {
             return;
         };
-        let patience = coalescer.patience;
-        let mut gathered = match self.full.is_empty() {
-            true => coalescer.take(),
-            false => std::mem::take(&mut self.full),
+        let Some((write, deadline)) = self.coalescer.write(id) else {
+            self.batch = None;
+            return;
         };
-        gathered.retain(|queued| !queued.reply.is_closed());
-        let gathered = match <[Queued; 1]>::try_from(gathered) {
-            Ok([Queued { cmd, reply }]) => {
-                let sent = tokio::time::timeout(patience, cmd.query_async(&mut conn)).await;
-                let _ = reply.send(sent.unwrap_or_else(|_| Err(timed_out())));
-                return;
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let sent = match write {
+            Write::One(cmd) => {
+                let sent = tokio::time::timeout_at(deadline, cmd.query_async(&mut conn)).await;
+                sent.map(|value| Ok(vec![value]))
             }
-            Err(gathered) if gathered.is_empty() => return,
-            Err(gathered) => gathered,
+            Write::Many(pipe) => {
+                let sent = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
+                tokio::time::timeout_at(deadline, sent).await
+            }
         };
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let replies: Vec<_> = gathered
-            .into_iter()
-            .map(|Queued { cmd, reply }| {
-                pipe.add_command(cmd);
-                reply
-            })
-            .collect();
-        let sent = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
-        let sent = tokio::time::timeout(patience, sent).await;
+        self.batch = None;
+        let Some(queued) = self.coalescer.replies(id) else {
+            return;
+        };
+        // `None` where the watchdog answered already.
+        let replies = queued.into_iter().map(|queued| queued.reply);
+        let answer = |reply: Option<Reply>, value| {
+            if let Some(reply) = reply {
+                let _ = reply.send(value);
+            }
+        };
         match sent.unwrap_or_else(|_| Err(timed_out())) {
             Ok(values) if values.len() == replies.len() => {
-                for (reply, value) in replies.into_iter().zip(values) {
-                    let _ = reply.send(value);
+                for (reply, value) in replies.zip(values) {
+                    answer(reply, value);
                 }
             }
             Ok(values) => {
                 let what = format!("{} replies to {} commands", values.len(), replies.len());
                 for reply in replies {
                     let error = (ErrorKind::Client, "unexpected pipeline reply", what.clone());
-                    let _ = reply.send(Err(RedisError::from(error)));
+                    answer(reply, Err(RedisError::from(error)));
                 }
             }
             Err(error) => {
                 for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                    answer(reply, Err(error.clone()));
                 }
             }
         }

@@ -27,7 +27,8 @@ pub struct RedisStoreOptions {
     pub connection_timeout: Duration,
     /// How long one command may wait for its reply once sent. Default 2 s. On a standalone
     /// server, where concurrent commands share writes, a command also waits at most
-    /// `connection_timeout + response_timeout` in all from the moment it is issued.
+    /// `connection_timeout + response_timeout` in all from the moment it is issued, and
+    /// up to 50 ms more when no runtime runs its write (a blocked worker, say).
     pub response_timeout: Duration,
     /// How many times a command is sent again after its connection failed. Default 2. A
     /// command that timed out is not sent again by the store (the service's own retries of
@@ -91,7 +92,9 @@ impl Connection {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(store_error)?;
-        let patience = options.connection_timeout + options.response_timeout;
+        let patience = options
+            .connection_timeout
+            .saturating_add(options.response_timeout);
         Ok(Connection::Standalone(manager, Coalescer::new(patience)))
     }
 
