@@ -11,12 +11,11 @@
 //! the part joiners wait on (a lock and a wake-up) is made by the first joiner; a flight
 //! without joiners ends with one map removal and builds nothing for them.
 
-use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::fast::RandomState;
-use foldhash::HashMap;
+use hashbrown::HashTable;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -26,12 +25,13 @@ use crate::record::Record;
 
 /// The flights of one service. Every call enters and leaves the map, so it hashes with
 /// foldhash, several times cheaper than the standard SipHash and still seeded at random
-/// per process, since its keys come from callers; and the map is cut into shards by key,
-/// each with its lock, so that calls on different threads seldom take the same lock (or
-/// pull the same memory from another core's cache).
+/// per process, since its keys come from callers, and only once: the leader keeps the
+/// hash, and finds its own entry again by it and by pointer. The map is cut into shards
+/// by key, each with its lock, so that calls on different threads seldom take the same
+/// lock (or pull the same memory from another core's cache).
 pub(crate) struct Flights {
-    shards: [Mutex<HashMap<Arc<str>, Slot>>; SHARDS],
-    /// Picks a key's shard.
+    shards: [Mutex<HashTable<Slot>>; SHARDS],
+    /// Hashes keys, for their shard and within it alike.
     hasher: RandomState,
 }
 
@@ -48,18 +48,23 @@ impl Default for Flights {
 }
 
 impl Flights {
-    /// The shard that holds `key`'s flight.
-    fn shard(&self, key: &str) -> &Mutex<HashMap<Arc<str>, Slot>> {
-        // The shard comes from the hash's top bits; the shard's map uses the low ones.
-        let hash = self.hasher.hash_one(key);
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard that holds the flight of the key with this hash.
+    fn shard(&self, hash: u64) -> &Mutex<HashTable<Slot>> {
+        // The shard comes from the hash's middle bits; the table uses the low and top ones.
         &self.shards[(hash >> 32) as usize % SHARDS]
     }
 }
 
 /// A flight in the map: what its leader asks the store, how far it got, and the joiners'
-/// side once there is a joiner. The map's key is the leader's own [`Arc`], which is how
-/// the leader tells its flight from a later one for the same key.
+/// side once there is a joiner.
 struct Slot {
+    /// The leader's own [`Arc`], which is how the leader tells its flight from a later one
+    /// for the same key.
+    key: Arc<str>,
     fingerprint: Fingerprint,
     validate_fingerprint: bool,
     /// When the leader's lease ends, once it owns the key.
@@ -145,8 +150,9 @@ impl Flights {
         fingerprint: &Fingerprint,
         validate_fingerprint: bool,
     ) -> Option<Role> {
-        let mut map = lock(self.shard(key));
-        if let Some(slot) = map.get_mut(key) {
+        let hash = self.hash(key);
+        let mut table = lock(self.shard(hash));
+        if let Some(slot) = table.find_mut(hash, |slot| *slot.key == *key) {
             let alike = slot.fingerprint == *fingerprint
                 && slot.validate_fingerprint == validate_fingerprint;
             if !alike {
@@ -163,15 +169,17 @@ impl Flights {
         }
         let key: Arc<str> = Arc::from(key);
         let slot = Slot {
+            key: Arc::clone(&key),
             fingerprint: *fingerprint,
             validate_fingerprint,
             lease_end: None,
             joiners: None,
         };
-        map.insert(Arc::clone(&key), slot);
+        table.insert_unique(hash, slot, |slot| self.hash(&slot.key));
         Some(Role::Leader(FlightGuard {
             flights: Arc::clone(self),
             key: Some(key),
+            hash,
         }))
     }
 }
@@ -187,6 +195,7 @@ pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
     /// The flight's key, shared with the map; `None` once the flight ended.
     key: Option<Arc<str>>,
+    hash: u64,
 }
 
 impl FlightGuard {
@@ -196,8 +205,8 @@ impl FlightGuard {
             return;
         };
         let joiners = {
-            let mut map = lock(self.flights.shard(key));
-            let Some(slot) = map.get_mut(&**key) else {
+            let mut table = lock(self.flights.shard(self.hash));
+            let Some(slot) = table.find_mut(self.hash, |slot| Arc::ptr_eq(&slot.key, key)) else {
                 return;
             };
             slot.lease_end = Some(lease_end);
@@ -241,11 +250,11 @@ impl FlightGuard {
             return;
         };
         let joiners = {
-            let mut map = lock(self.flights.shard(&key));
-            match map.entry(Arc::clone(&key)) {
-                // The leader's own entry, not a later flight's for the same key.
-                Entry::Occupied(entry) if Arc::ptr_eq(entry.key(), &key) => entry.remove().joiners,
-                _ => None,
+            let mut table = lock(self.flights.shard(self.hash));
+            // The leader's own entry, not a later flight's for the same key.
+            match table.find_entry(self.hash, |slot| Arc::ptr_eq(&slot.key, &key)) {
+                Ok(entry) => entry.remove().0.joiners,
+                Err(_) => None,
             }
         };
         // Out of the map, no caller can join any more: only the joiners already holding the
