@@ -103,16 +103,20 @@ impl Coalescer {
     /// A coalescer whose flushes run on the current runtime, and whose callers wait at most
     /// `patience` for a reply.
     pub fn new(patience: Duration) -> Arc<Self> {
-        let coalescer = Arc::new(Coalescer {
+        let coalescer = Coalescer::unwatched(patience);
+        watchdog::watch(coalescer.clone());
+        coalescer
+    }
+
+    fn unwatched(patience: Duration) -> Arc<Self> {
+        Arc::new(Coalescer {
             queue: Mutex::new(Queue {
                 queued: Vec::new(),
                 runtime: Some(Handle::current()),
             }),
             taken: Mutex::default(),
             patience: patience.min(LONGEST_WAIT),
-        });
-        watchdog::watch(coalescer.clone());
-        coalescer
+        })
     }
 
     /// Sends `cmd` with the commands of other callers that come in before the next write.
@@ -196,35 +200,48 @@ impl Coalescer {
     }
 
     /// The write of batch `id`, and the last deadline of its commands. Leaves out the
-    /// commands whose callers gave up or were answered: nobody would read the reply, and a
-    /// claim nobody owns would hold its key for a lease. `None` when no caller is left.
+    /// commands whose callers gave up, were answered, or are past their deadline (which it
+    /// answers with a timeout, as the watchdog would at its next tick): nobody would read
+    /// the reply, and a claim nobody owns would hold its key for a lease. `None` when no
+    /// caller is left.
     fn write(&self, id: u64) -> Option<(Write, Instant)> {
-        let mut taken = lock(&self.taken);
-        let at = taken.batches.iter().position(|batch| batch.id == id)?;
-        let batch = &mut taken.batches[at];
-        batch.queued.retain(|queued| {
-            queued
-                .reply
-                .as_ref()
-                .is_some_and(|reply| !reply.is_closed())
-        });
-        let deadline = batch.queued.iter().map(|queued| queued.deadline).max();
-        let write = match &mut batch.queued[..] {
-            [] => None,
-            [one] => one.cmd.take().map(Write::One),
-            many => {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                for cmd in many.iter_mut().filter_map(|queued| queued.cmd.take()) {
-                    pipe.add_command(cmd);
+        let now = Instant::now();
+        let mut late = Vec::new();
+        let written = {
+            let mut taken = lock(&self.taken);
+            let at = taken.batches.iter().position(|batch| batch.id == id)?;
+            let batch = &mut taken.batches[at];
+            batch.queued.retain_mut(|queued| match &queued.reply {
+                Some(reply) if reply.is_closed() => false,
+                Some(_) if queued.deadline <= now => {
+                    late.extend(queued.reply.take());
+                    false
                 }
-                Some(Write::Many(pipe))
+                Some(_) => true,
+                None => false,
+            });
+            let deadline = batch.queued.iter().map(|queued| queued.deadline).max();
+            let write = match &mut batch.queued[..] {
+                [] => None,
+                [one] => one.cmd.take().map(Write::One),
+                many => {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    for cmd in many.iter_mut().filter_map(|queued| queued.cmd.take()) {
+                        pipe.add_command(cmd);
+                    }
+                    Some(Write::Many(pipe))
+                }
+            };
+            if write.is_none() {
+                taken.batches.swap_remove(at);
             }
+            write.zip(deadline)
         };
-        if write.is_none() {
-            taken.batches.swap_remove(at);
+        for reply in late {
+            let _ = reply.send(Err(timed_out()));
         }
-        write.zip(deadline)
+        written
     }
 
     /// The commands of batch `id`, with the reply channels the watchdog left; `None` when
@@ -358,5 +375,72 @@ impl Flush {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+
+    type Answer = oneshot::Receiver<RedisResult<Value>>;
+
+    fn queued(deadline: Instant) -> (Queued, Answer) {
+        let (reply, answer) = oneshot::channel();
+        let cmd = Some(redis::cmd("PING"));
+        let reply = Some(reply);
+        (
+            Queued {
+                cmd,
+                reply,
+                deadline,
+            },
+            answer,
+        )
+    }
+
+    fn timed_out_already(answer: &mut Answer) -> bool {
+        matches!(answer.try_recv(), Ok(Err(error)) if error.is_timeout())
+    }
+
+    // Whether or not the watchdog ticked since, a command past its deadline when its flush
+    // writes is answered with a timeout and left out of the write; the others go out.
+    #[tokio::test]
+    async fn a_write_times_out_and_leaves_out_the_commands_past_their_deadline() {
+        let coalescer = Coalescer::unwatched(Duration::from_secs(1));
+        let now = Instant::now();
+        let (past, soon, later) = (
+            now - Duration::from_millis(1),
+            now + Duration::from_secs(3),
+            now + Duration::from_secs(4),
+        );
+
+        let (late, mut late_answer) = queued(past);
+        let (due, mut due_answer) = queued(soon);
+        let (last, mut last_answer) = queued(later);
+        let id = coalescer.take(vec![late, due, last]);
+        let Some((Write::Many(pipe), deadline)) = coalescer.write(id) else {
+            panic!("a pipeline of the two commands in time");
+        };
+        assert_eq!((pipe.len(), deadline), (2, later));
+        assert!(timed_out_already(&mut late_answer));
+        for answer in [&mut due_answer, &mut last_answer] {
+            assert!(matches!(answer.try_recv(), Err(TryRecvError::Empty)));
+        }
+
+        let (late, mut late_answer) = queued(past);
+        let (due, mut due_answer) = queued(soon);
+        let id = coalescer.take(vec![late, due]);
+        let written = coalescer.write(id);
+        assert!(matches!(written, Some((Write::One(_), deadline)) if deadline == soon));
+        assert!(timed_out_already(&mut late_answer));
+        assert!(matches!(due_answer.try_recv(), Err(TryRecvError::Empty)));
+
+        let (late, mut late_answer) = queued(past);
+        let id = coalescer.take(vec![late]);
+        assert!(coalescer.write(id).is_none());
+        assert!(timed_out_already(&mut late_answer));
+        assert!(coalescer.replies(id).is_none(), "an empty batch was kept");
     }
 }
