@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// How often the watchdog looks, and so the most a held-up caller waits past its deadline.
 /// Each look locks each coalescer's queues for a moment.
-pub(super) const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(50);
 
 /// What the watchdog looks after.
 pub(super) trait Expire: Send + Sync {
