@@ -79,13 +79,25 @@ struct Queue {
     /// The runtime the connection was opened on; `None` once that one was found shut
     /// down, and flushes run where their first caller does.
     runtime: Option<Handle>,
+    /// Emptied gatherings, kept for their room: see [`SPARES`].
+    spare: Vec<Vec<Queued>>,
 }
 
 #[derive(Default)]
 struct Taken {
     next: u64,
     batches: Vec<Batch>,
+    /// Emptied pipelines, kept for their room: see [`SPARES`].
+    spare: Vec<redis::Pipeline>,
 }
+
+/// How many emptied gatherings, and pipelines, a coalescer keeps to use again: a few more
+/// than are on their way at once under load. A full gathering's vectors are larger than
+/// the chunks glibc's per-thread cache holds, so a fresh pair for every gathering, grown
+/// from empty, went to the shared heap under its lock each time. Keeping them raised the
+/// load generator's replays at concurrency 64 by 9% (267k–273k to 291k–297k calls/s in
+/// alternating runs); 8 did about 1% better than 4.
+const SPARES: usize = 8;
 
 /// A gathering taken from the queue, from then on found by its `id`.
 struct Batch {
@@ -111,8 +123,9 @@ impl Coalescer {
     fn unwatched(patience: Duration) -> Arc<Self> {
         Arc::new(Coalescer {
             queue: Mutex::new(Queue {
-                queued: Vec::new(),
+                queued: Vec::with_capacity(GATHER_LIMIT),
                 runtime: Some(Handle::current()),
+                spare: Vec::new(),
             }),
             taken: Mutex::default(),
             patience: patience.min(LONGEST_WAIT),
@@ -138,10 +151,7 @@ impl Coalescer {
                 queue.queued.push(queued);
                 match queue.queued.len() {
                     1 => Some((None, queue.runtime.clone())),
-                    n if n >= GATHER_LIMIT => Some((
-                        Some(std::mem::take(&mut queue.queued)),
-                        queue.runtime.clone(),
-                    )),
+                    n if n >= GATHER_LIMIT => Some((Some(queue.take()), queue.runtime.clone())),
                     _ => None,
                 }
             };
@@ -192,7 +202,7 @@ impl Coalescer {
 
     /// Takes what the queue holds; its batch id, or `None` when the queue was empty.
     fn take_queued(&self) -> Option<u64> {
-        let queued = std::mem::take(&mut lock(&self.queue).queued);
+        let queued = lock(&self.queue).take();
         match queued.is_empty() {
             true => None,
             false => Some(self.take(queued)),
@@ -208,7 +218,8 @@ impl Coalescer {
         let now = Instant::now();
         let mut late = Vec::new();
         let written = {
-            let mut taken = lock(&self.taken);
+            let mut guard = lock(&self.taken);
+            let taken = &mut *guard;
             let at = taken.batches.iter().position(|batch| batch.id == id)?;
             let batch = &mut taken.batches[at];
             batch.queued.retain_mut(|queued| match &queued.reply {
@@ -225,8 +236,11 @@ impl Coalescer {
                 [] => None,
                 [one] => one.cmd.take().map(Write::One),
                 many => {
-                    let mut pipe = redis::pipe();
-                    pipe.ignore_errors();
+                    let mut pipe = taken.spare.pop().unwrap_or_else(|| {
+                        let mut pipe = redis::Pipeline::with_capacity(GATHER_LIMIT);
+                        pipe.ignore_errors();
+                        pipe
+                    });
                     for cmd in many.iter_mut().filter_map(|queued| queued.cmd.take()) {
                         pipe.add_command(cmd);
                     }
@@ -245,11 +259,35 @@ impl Coalescer {
     }
 
     /// The commands of batch `id`, with the reply channels the watchdog left; `None` when
-    /// it answered them all.
-    fn replies(&self, id: u64) -> Option<Vec<Queued>> {
+    /// it answered them all. Keeps `sent`, the batch's pipeline, for a later batch.
+    fn replies(&self, id: u64, sent: Option<redis::Pipeline>) -> Option<Vec<Queued>> {
         let mut taken = lock(&self.taken);
+        if let Some(mut pipe) = sent {
+            if taken.spare.len() < SPARES {
+                pipe.clear();
+                taken.spare.push(pipe);
+            }
+        }
         let at = taken.batches.iter().position(|batch| batch.id == id)?;
         Some(taken.batches.swap_remove(at).queued)
+    }
+
+    /// Keeps an answered gathering's room for a later one, unless enough are kept or it
+    /// is too small to hold a full gathering.
+    fn recycle(&self, mut queued: Vec<Queued>) {
+        queued.clear();
+        let mut queue = lock(&self.queue);
+        if queue.spare.len() < SPARES && queued.capacity() >= GATHER_LIMIT {
+            queue.spare.push(queued);
+        }
+    }
+}
+
+impl Queue {
+    /// What the queue holds, leaving it a kept gathering's room.
+    fn take(&mut self) -> Vec<Queued> {
+        let room = (self.spare.pop()).unwrap_or_else(|| Vec::with_capacity(GATHER_LIMIT));
+        std::mem::replace(&mut self.queued, room)
     }
 }
 
@@ -312,7 +350,7 @@ impl Drop for Flush {
             drop(dropped);
         }
         if let Some(id) = self.batch.take() {
-            drop(self.coalescer.replies(id));
+            drop(self.coalescer.replies(id, None));
         }
     }
 }
@@ -335,22 +373,22 @@ impl Flush {
             return;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
-        let sent = match write {
+        let (sent, pipe) = match write {
             Write::One(cmd) => {
                 let sent = tokio::time::timeout_at(deadline, cmd.query_async(&mut conn)).await;
-                sent.map(|value| Ok(vec![value]))
+                (sent.map(|value| Ok(vec![value])), None)
             }
             Write::Many(pipe) => {
                 let sent = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
-                tokio::time::timeout_at(deadline, sent).await
+                (tokio::time::timeout_at(deadline, sent).await, Some(pipe))
             }
         };
         self.batch = None;
-        let Some(queued) = self.coalescer.replies(id) else {
+        let Some(mut queued) = self.coalescer.replies(id, pipe) else {
             return;
         };
         // `None` where the watchdog answered already.
-        let replies = queued.into_iter().map(|queued| queued.reply);
+        let replies = queued.drain(..).map(|queued| queued.reply);
         let answer = |reply: Option<Reply>, value| {
             if let Some(reply) = reply {
                 let _ = reply.send(value);
@@ -375,6 +413,7 @@ impl Flush {
                 }
             }
         }
+        self.coalescer.recycle(queued);
     }
 }
 
@@ -441,6 +480,71 @@ mod tests {
         let id = coalescer.take(vec![late]);
         assert!(coalescer.write(id).is_none());
         assert!(timed_out_already(&mut late_answer));
-        assert!(coalescer.replies(id).is_none(), "an empty batch was kept");
+        assert!(
+            coalescer.replies(id, None).is_none(),
+            "an empty batch was kept"
+        );
+    }
+
+    fn pipeline_of(write: Option<(Write, Instant)>) -> redis::Pipeline {
+        match write {
+            Some((Write::Many(pipe), _)) => pipe,
+            _ => panic!("a pipeline"),
+        }
+    }
+
+    fn keyed(key: &str) -> (Queued, Answer) {
+        let (mut queued, answer) = queued(Instant::now() + Duration::from_secs(60));
+        queued.cmd = Some(redis::cmd("GET").arg(key).to_owned());
+        (queued, answer)
+    }
+
+    // A kept gathering and a kept pipeline carry nothing of the batch they served into the
+    // next one, and no more than `SPARES` of each are kept.
+    #[tokio::test]
+    async fn kept_gatherings_and_pipelines_start_empty_and_are_bounded() {
+        let coalescer = Coalescer::unwatched(Duration::from_secs(60));
+        let (old, _answers): (Vec<_>, Vec<_>) =
+            ["old-1", "old-2", "old-3"].map(keyed).into_iter().unzip();
+        let mut room = Vec::with_capacity(GATHER_LIMIT);
+        room.extend(old);
+        let id = coalescer.take(room);
+        let pipe = pipeline_of(coalescer.write(id));
+        let queued = coalescer.replies(id, Some(pipe)).expect("the batch");
+        coalescer.recycle(queued);
+
+        let (new_one, new_two) = (keyed("new-1"), keyed("new-2"));
+        {
+            let mut queue = lock(&coalescer.queue);
+            queue.queued.extend([new_one.0, new_two.0]);
+        }
+        let id = coalescer.take_queued().expect("two queued");
+        let (held, room) = {
+            let queue = lock(&coalescer.queue);
+            (queue.queued.len(), queue.queued.capacity())
+        };
+        assert_eq!(held, 0, "the next gathering starts with commands in it");
+        assert!(
+            room >= GATHER_LIMIT,
+            "the next gathering has room for {room}"
+        );
+        let pipe = pipeline_of(coalescer.write(id));
+        let packed = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+        assert_eq!(
+            packed,
+            "*2\r\n$3\r\nGET\r\n$5\r\nnew-1\r\n*2\r\n$3\r\nGET\r\n$5\r\nnew-2\r\n"
+        );
+        assert_eq!(coalescer.replies(id, Some(pipe)).map(|q| q.len()), Some(2));
+
+        for _ in 0..SPARES + 3 {
+            coalescer.recycle(Vec::with_capacity(GATHER_LIMIT));
+            let (two, _answers): (Vec<_>, Vec<_>) = ["a", "b"].map(keyed).into_iter().unzip();
+            let id = coalescer.take(two);
+            let pipe = pipeline_of(coalescer.write(id));
+            drop(coalescer.replies(id, Some(pipe)));
+            assert!(coalescer.replies(id, Some(redis::pipe())).is_none());
+        }
+        assert_eq!(lock(&coalescer.queue).spare.len(), SPARES);
+        assert_eq!(lock(&coalescer.taken).spare.len(), SPARES);
     }
 }
