@@ -825,6 +825,49 @@ async fn a_caller_dropped_while_its_command_waits_leaves_the_others_their_replie
     server.assert_every_key_expires();
 }
 
+// A server error answers one command of a write, not the write: in a gathering where every
+// other key holds a hash (the server refuses `SET ... GET` on it), those claims are corrupt
+// and the others are acquired, each with its own record.
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_error_in_a_shared_write_answers_only_its_own_caller() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let keys: Vec<String> = (0..40)
+        .map(|n| format!("idem-test:{{0::mixed-{n}}}"))
+        .collect();
+    for key in keys.iter().skip(1).step_by(2) {
+        let _: i64 = server.cmd(&["HSET", key, "v", "1"]);
+    }
+    let tokens: Vec<Token> = keys.iter().map(|_| Token::generate()).collect();
+    let before = reads_processed(&server);
+
+    let claims = keys
+        .iter()
+        .zip(&tokens)
+        .map(|(key, token)| store.claim(claim_for(key, token)));
+    let replies = futures::future::join_all(claims).await;
+
+    assert!(
+        reads_processed(&server) - before < 40,
+        "the claims went out alone"
+    );
+    for (n, ((key, token), reply)) in keys.iter().zip(&tokens).zip(replies).enumerate() {
+        match n % 2 {
+            0 => {
+                assert!(
+                    matches!(reply, Ok(ClaimReply::Acquired { .. })),
+                    "{key}: {reply:?}"
+                );
+                assert!(get(&server, key).contains(&format!(" tok={} ", token.as_str())));
+            }
+            _ => assert!(
+                matches!(&reply, Err(StoreError::Corrupt(m)) if m.contains(key.as_str())),
+                "{key}: {reply:?}"
+            ),
+        }
+    }
+}
+
 // The store's flushes run on the runtime it was opened on: a caller on another runtime
 // that is not driven, or stops, must not hold up the callers that share a write with it.
 #[test]

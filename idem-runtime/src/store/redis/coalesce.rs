@@ -316,6 +316,14 @@ impl watchdog::Expire for Coalescer {
     }
 }
 
+/// The reply to one command, a server's error as an error.
+fn server_error(value: Value) -> RedisResult<Value> {
+    match value {
+        Value::ServerError(error) => Err(error.into()),
+        value => Ok(value),
+    }
+}
+
 fn timed_out() -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -373,13 +381,15 @@ impl Flush {
             return;
         };
         let deadline = tokio::time::Instant::from_std(deadline);
+        // Sent by the connection's own methods, unboxed, and each reply taken as it came.
         let (sent, pipe) = match write {
             Write::One(cmd) => {
-                let sent = tokio::time::timeout_at(deadline, cmd.query_async(&mut conn)).await;
-                (sent.map(|value| Ok(vec![value])), None)
+                let sent = conn.send_packed_command(&cmd);
+                let sent = tokio::time::timeout_at(deadline, sent).await;
+                (sent.map(|value| value.map(|value| vec![value])), None)
             }
             Write::Many(pipe) => {
-                let sent = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
+                let sent = conn.send_packed_commands(&pipe, 0, pipe.len());
                 (tokio::time::timeout_at(deadline, sent).await, Some(pipe))
             }
         };
@@ -397,7 +407,7 @@ impl Flush {
         match sent.unwrap_or_else(|_| Err(timed_out())) {
             Ok(values) if values.len() == replies.len() => {
                 for (reply, value) in replies.zip(values) {
-                    answer(reply, value);
+                    answer(reply, server_error(value));
                 }
             }
             Ok(values) => {
