@@ -43,7 +43,9 @@ struct Inner {
 struct Records {
     entries: HashMap<String, Entry>,
     watchers: HashMap<String, Arc<Notify>>,
-    writes_since_sweep: u32,
+    writes_since_sweep: usize,
+    /// How many records the last sweep kept.
+    kept_by_sweep: usize,
     /// The last fencing number handed out, so fences grow even between claims made in the
     /// same microsecond (paused time) or after a record was deleted.
     last_fence: u64,
@@ -54,8 +56,11 @@ struct Entry {
     expires_at: Millis,
 }
 
-/// How many writes pass between sweeps of expired records.
-const SWEEP_EVERY: u32 = 4096;
+/// The fewest writes between sweeps of expired records. A sweep visits every record, so
+/// sweeps also wait for as many writes as the last one kept records: each write then pays
+/// for about two visits however many records are live, and writes since the last sweep at
+/// most double the map.
+const SWEEP_EVERY: usize = 4096;
 
 impl Default for Inner {
     fn default() -> Self {
@@ -159,6 +164,10 @@ impl Records {
         self.changed(key);
     }
 
+    fn sweep_due(&self) -> bool {
+        self.writes_since_sweep >= self.kept_by_sweep.max(SWEEP_EVERY)
+    }
+
     fn changed(&mut self, key: &str) {
         if let Some(watch) = self.watchers.get(key) {
             watch.notify_waiters();
@@ -167,9 +176,10 @@ impl Records {
     }
 
     fn sweep(&mut self, now: Millis) {
-        if self.writes_since_sweep >= SWEEP_EVERY {
+        if self.sweep_due() {
             self.writes_since_sweep = 0;
             self.entries.retain(|_, e| e.expires_at > now);
+            self.kept_by_sweep = self.entries.len();
         }
     }
 }
@@ -400,6 +410,43 @@ mod tests {
 
     const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
     const LEASE: Duration = Duration::from_secs(1);
+
+    // With many live records, a sweep waits for as many writes as the last one kept, and
+    // then drops the expired ones.
+    #[test]
+    fn a_sweep_waits_for_as_many_writes_as_the_last_one_kept_and_drops_the_expired() {
+        let store = MemoryStore::new();
+        let record = |fence: u64| Record {
+            fingerprint: FP,
+            token: Token::from_stored("t"),
+            fence,
+            started_at: 0,
+            state: RecordState::Processing { lease_until: None },
+        };
+        for n in 0..3 * SWEEP_EVERY as u64 {
+            store.insert(&format!("live-{n}"), record(n), Duration::from_secs(3600));
+        }
+        let mut records = store.lock();
+        let live = records.entries.len();
+        records.sweep(store.now_ms());
+        assert_eq!(
+            records.writes_since_sweep, 0,
+            "no sweep after {live} writes"
+        );
+        let expired = store.now_ms().saturating_sub(1);
+        for n in 0..live - 1 {
+            records.put(&format!("gone-{n}"), record(n as u64), expired);
+            records.sweep(store.now_ms());
+        }
+        assert_eq!(
+            records.entries.len(),
+            2 * live - 1,
+            "swept before as many writes as the last sweep kept"
+        );
+        records.put("gone-last", record(0), expired);
+        records.sweep(store.now_ms());
+        assert_eq!(records.entries.len(), live, "the expired records were kept");
+    }
 
     async fn claim(store: &MemoryStore, token: &Token) -> ClaimReply {
         let claim = Claim {
