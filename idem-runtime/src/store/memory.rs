@@ -18,14 +18,18 @@ use crate::record::{Millis, Record, RecordState, Token};
 /// hold for Redis. Its clock is tokio's: under `#[tokio::test(start_paused = true)]` leases
 /// and TTLs run on paused time, and `tokio::time::advance` moves them.
 ///
-/// It does not dedupe across processes. Expired records are dropped when they are next
-/// touched, and in sweeps, which a claim runs after writes as many as a quarter of the
-/// records the last sweep kept (at least a few thousand), or a minute after the last
-/// sweep. A sweep visits every record, so each write pays for about five visits however
-/// many records are live; writes since the last sweep grow the map by at most a quarter; and
-/// expired records are gone a minute later even when writes stop. A sweep holds the store's
-/// lock while it runs: on a 2-core machine, about 14 ms for a million records, and 47 ms
-/// when a quarter of a million of them had expired.
+/// It does not dedupe across processes. Expired records read as absent at once, and leave
+/// memory when they are next touched or in a sweep. Only claims sweep: a claim runs one
+/// after writes as many as a quarter of the records the last sweep kept (at least a few
+/// thousand), or a minute after the last sweep. So:
+///
+/// - Between sweeps the map grows by at most a quarter of what the last sweep kept.
+/// - A sweep visits every record: under steady writes each write pays for about five
+///   visits, and when writes are fewer, a minute pays for one sweep.
+/// - An expired record stays in memory until the first claim a minute after the last
+///   sweep; when no claims come, it stays.
+/// - A sweep holds the store's lock while it runs: on a 2-core machine, about 14 ms for a
+///   million records, and 47 ms when a quarter of a million of them had expired.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
