@@ -260,13 +260,14 @@ impl Coalescer {
 
     /// The commands of batch `id`, with the reply channels the watchdog left; `None` when
     /// it answered them all. Keeps `sent`, the batch's pipeline, for a later batch.
-    fn replies(&self, id: u64, sent: Option<redis::Pipeline>) -> Option<Vec<Queued>> {
+    fn replies(&self, id: u64, mut sent: Option<redis::Pipeline>) -> Option<Vec<Queued>> {
+        // Its commands are dropped out of the lock.
+        if let Some(pipe) = &mut sent {
+            pipe.clear();
+        }
         let mut taken = lock(&self.taken);
-        if let Some(mut pipe) = sent {
-            if taken.spare.len() < SPARES {
-                pipe.clear();
-                taken.spare.push(pipe);
-            }
+        if let Some(pipe) = sent.filter(|_| taken.spare.len() < SPARES) {
+            taken.spare.push(pipe);
         }
         let at = taken.batches.iter().position(|batch| batch.id == id)?;
         Some(taken.batches.swap_remove(at).queued)
@@ -286,7 +287,10 @@ impl Coalescer {
 impl Queue {
     /// What the queue holds, leaving it a kept gathering's room.
     fn take(&mut self) -> Vec<Queued> {
-        let room = (self.spare.pop()).unwrap_or_else(|| Vec::with_capacity(GATHER_LIMIT));
+        let room = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(GATHER_LIMIT));
         std::mem::replace(&mut self.queued, room)
     }
 }
